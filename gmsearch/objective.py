@@ -1,0 +1,213 @@
+"""The Optuna objective: build the trial's genome, train it with GM, return its fitness.
+
+:class:`GMObjective` prepares the expensive, trial-independent things once:
+the adversarial validation and test sets made from the reference (cached on
+disk) and the reference's input gradients on the training split (cached).
+Each call then builds the child network from the genome the sampler put on
+the trial, trains it with ``CE + lam * GM`` and scores it on the validation
+split with the fitness plugin (default ``min(clean, adv)``, eq. 4).
+
+A child that diverges (NaN loss) or runs out of memory fails alone: the
+reason is logged and stored in the user attr ``gmsearch:fail_reason``, the
+objective returns NaN (Optuna marks the trial FAIL) and the study goes on.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from torch import nn
+
+from gmsearch import attacks, cache
+from gmsearch import fitness as fitness_plugins
+from gmsearch.attacks import AdversarialSet, adversarial_set
+from gmsearch.builder import build, count_params
+from gmsearch.datasets import Dataset
+from gmsearch.evaluation import accuracy
+from gmsearch.genome import Genome
+from gmsearch.sampler import EPOCHS_KEY, _seed_for, genome_of
+from gmsearch.training import TrainingDivergedError, reference_gradients, resolve_device, train
+
+logger = logging.getLogger(__name__)
+
+WEIGHTS_KEY = "gmsearch:weights"
+FAIL_KEY = "gmsearch:fail_reason"
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+class GMObjective:
+    """Train each trial's genome with gradient misalignment and score it.
+
+    Args:
+        data: Dataset bundle (train / val / test).
+        reference: The frozen reference network.
+        attack: Attack name (or instance) used to make the adversarial sets.
+        attack_params: Hyper-parameters of a named attack.
+        lam: Weight of the GM loss (eq. 2).
+        fitness: Fitness plugin name (``min_clean_adv`` = eq. 4).
+        fitness_params: Extra parameters of the fitness plugin.
+        loss: GM variant (``cosine`` = eq. 1).
+        epochs: Training epochs when the sampler sets no schedule.
+        batch_size: Training batch size (paper: 128).
+        lr: Adam learning rate (None: PyTorch default, as in the paper).
+        device: Where to train (default: CUDA if available).
+        cache_dir: Cache of adversarial sets and reference gradients.
+        seed: Fixes each trial's initialisation (with the trial number).
+        artifact_store: Where each trial's trained weights are saved
+            (an Optuna artifact store, or a directory path). None: not saved.
+    """
+
+    def __init__(
+        self,
+        data: Dataset,
+        *,
+        reference: nn.Module,
+        attack: str | attacks.Attack = "pgd_linf",
+        attack_params: dict[str, Any] | None = None,
+        lam: float = 1.0,
+        fitness: str = "min_clean_adv",
+        fitness_params: dict[str, Any] | None = None,
+        loss: str = "cosine",
+        epochs: int = 20,
+        batch_size: int = 128,
+        lr: float | None = None,
+        device: str | torch.device | None = None,
+        cache_dir: str | Path | None = None,
+        seed: int = 0,
+        artifact_store: FileSystemArtifactStore | str | Path | None = None,
+    ) -> None:
+        self.device = resolve_device(device)
+        self.data = data.to(self.device)
+        self.reference = reference.to(self.device).eval()
+        self.attack = attacks.create(attack, **(attack_params or {})) if isinstance(attack, str) else attack
+        self.fitness_name = fitness
+        self.fitness = fitness_plugins.create(fitness, **(fitness_params or {}))
+        self.n_objectives = fitness_plugins.n_objectives(self.fitness)
+        self.lam = lam
+        self.loss = loss
+        self.epochs = epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.seed = seed
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+        if isinstance(artifact_store, str | Path):
+            Path(artifact_store).mkdir(parents=True, exist_ok=True)
+            artifact_store = FileSystemArtifactStore(str(artifact_store))
+        self.artifact_store = artifact_store
+        self.adversarial_val = self._adversarial("val")
+        self._adversarial_test: AdversarialSet | None = None
+        self.ref_grads = (
+            reference_gradients(self.reference, self.data.train, cache_dir=self.cache_dir) if lam else None
+        )
+
+    def _adversarial(self, split: str) -> AdversarialSet:
+        part = getattr(self.data, split)
+        return adversarial_set(
+            self.reference, part.x, part.y, self.attack, cache_dir=self.cache_dir, tag=split
+        )
+
+    @property
+    def adversarial_test(self) -> AdversarialSet:
+        """Adversarial examples of the test split, made from the reference (cached)."""
+        if self._adversarial_test is None:
+            self._adversarial_test = self._adversarial("test")
+        return self._adversarial_test
+
+    def describe(self) -> str:
+        return f"lam={self.lam}, loss={self.loss}, fitness={self.fitness_name}, attack={self.attack.describe()}"
+
+    def build(self, genome: Genome) -> nn.Module:
+        channels, h, w = self.data.input_shape
+        return build(genome, in_channels=channels, num_classes=self.data.num_classes, image_size=(h, w))
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        genome = genome_of(trial)
+        epochs = int(trial.user_attrs.get(EPOCHS_KEY, self.epochs))
+        torch.manual_seed(_seed_for(self.seed, trial.number) % 2**63)
+        net: nn.Module | None = None
+        try:
+            net = self.build(genome).to(self.device)
+            trial.set_user_attr("params", count_params(net))
+            start = time.perf_counter()
+            train(
+                net, self.data, reference=self.reference, lam=self.lam, epochs=epochs,
+                batch_size=self.batch_size, lr=self.lr, loss=self.loss, device=self.device,
+                seed=self.seed + trial.number, trial=trial, ref_grads=self.ref_grads,
+                adversarial_val=self.adversarial_val, fitness=self.fitness,
+            )
+            clean = accuracy(net, self.data.val.x, self.data.val.y)
+            adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
+            trial.set_user_attr("clean_acc", clean)
+            trial.set_user_attr("adv_acc", adv)
+            trial.set_user_attr("epochs", epochs)
+            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
+            if self.artifact_store is not None:
+                self._save_weights(trial, net, genome)
+            value = self.fitness(clean, adv)
+            return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
+        except (TrainingDivergedError, RuntimeError) as exc:
+            if not isinstance(exc, TrainingDivergedError) and not _is_oom(exc):
+                raise
+            reason = f"{'out of memory' if _is_oom(exc) else 'diverged'}: {exc}"
+            logger.warning("trial %d failed (%s); the study goes on", trial.number, reason)
+            trial.set_user_attr(FAIL_KEY, reason[:500])
+            nan = float("nan")
+            return tuple([nan] * self.n_objectives) if self.n_objectives > 1 else nan
+        finally:
+            del net
+            gc.collect()
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+
+    def _save_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> None:
+        assert self.artifact_store is not None
+        fd, tmp = tempfile.mkstemp(suffix=".pt", prefix=f"trial{trial.number}-")
+        os.close(fd)
+        try:
+            torch.save({"genome": genome.to_json(), "state_dict": net.state_dict()}, tmp)
+            artifact_id = upload_artifact(
+                artifact_store=self.artifact_store, file_path=tmp, study_or_trial=trial
+            )
+        finally:
+            os.unlink(tmp)
+        trial.set_user_attr(WEIGHTS_KEY, artifact_id)
+
+    def load_trial_model(self, trial: optuna.trial.FrozenTrial) -> nn.Module:
+        """The trained network of a finished trial, from its saved weights."""
+        return load_trial_model(trial, self.artifact_store, self.data, device=self.device)
+
+
+def load_trial_model(
+    trial: optuna.trial.FrozenTrial,
+    artifact_store: FileSystemArtifactStore | None,
+    data: Dataset,
+    *,
+    device: str | torch.device | None = None,
+) -> nn.Module:
+    """Rebuild a trial's network and load its weights from the artifact store."""
+    artifact_id = trial.user_attrs.get(WEIGHTS_KEY)
+    if artifact_store is None or artifact_id is None:
+        raise ValueError(f"trial {trial.number} has no saved weights (user attr {WEIGHTS_KEY!r})")
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "weights.pt"
+        download_artifact(artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path))
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    genome = Genome.from_json(payload["genome"])
+    channels, h, w = data.input_shape
+    net = build(genome, in_channels=channels, num_classes=data.num_classes, image_size=(h, w))
+    net.load_state_dict(payload["state_dict"])
+    return net.to(resolve_device(device)).eval()

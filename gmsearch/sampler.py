@@ -1,0 +1,414 @@
+"""Algorithm 1 of the paper as an Optuna sampler.
+
+:class:`NicheEvolutionSampler` is a steady-state, spectrum-niched
+neuroevolution (paper section 3.2, Algorithm 1) on Optuna trials. It keeps no
+search state in memory: every decision is derived from the study's trials,
+so restarted processes and any number of workers rebuild the same population.
+
+Per trial (``before_trial``):
+
+- While fewer than ``population_size`` initial candidates exist (running ones
+  counted, failed ones not), the trial becomes a new initial candidate: a
+  random genome at least ``min_distance`` (spectrum distance, eq. 3) from
+  every live initial genome.
+- Otherwise it is the k-th child (children counted in trial-number order,
+  failed ones not counted) and belongs to slot ``(k // n_children) %
+  population_size``. The first child of a turn takes the candidate in that
+  slot of the current population as parent; the turn's other children take
+  the same parent even if it was replaced meanwhile. The child's genome is an
+  aggressive mutation (k operators from the DEAP toolbox of registered
+  mutation plugins) of the parent's.
+
+The population (:func:`replay`) is a deterministic replay of completed
+trials in completion order: initial candidates fill the slots; each child
+replaces the candidate closest to it in spectrum distance (first closest by
+slot on ties) when its fitness is strictly better (for two objectives: when
+it dominates), taking that slot. Failed and pruned trials never enter.
+
+Storage keys: system attr ``gmsearch:genome``; user attrs
+``gmsearch:parent``, ``gmsearch:generation``, ``gmsearch:replaced``,
+``gmsearch:epochs`` (when an epoch schedule is set), ``gmsearch:architecture``.
+The spectrum counts are set as int params so Optuna's param plots work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import random
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import optuna
+from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.samplers import BaseSampler, RandomSampler
+from optuna.study import Study, StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+from gmsearch import mutations
+from gmsearch.genome import Genome, spectrum_distance
+
+logger = logging.getLogger(__name__)
+
+GENOME_KEY = "gmsearch:genome"
+PARENT_KEY = "gmsearch:parent"
+GENERATION_KEY = "gmsearch:generation"
+REPLACED_KEY = "gmsearch:replaced"
+EPOCHS_KEY = "gmsearch:epochs"
+ARCH_KEY = "gmsearch:architecture"
+CONFIG_KEY = "gmsearch:sampler"
+
+SPECTRUM_PARAMS = ("n_conv", "n_pool", "n_sconv", "n_sum", "n_concat")
+SPECTRUM_MAX = 64
+_SPECTRUM_DIST = IntDistribution(0, SPECTRUM_MAX)
+
+
+@dataclass(frozen=True)
+class EpochSchedule:
+    """epochs = base + step * floor(generation / every) (paper: 20, +5 every 10 generations)."""
+
+    base: int = 20
+    step: int = 5
+    every: int = 10
+
+    def __post_init__(self) -> None:
+        if self.base < 1 or self.step < 0 or self.every < 1:
+            raise ValueError(f"bad epoch schedule {self}: need base >= 1, step >= 0, every >= 1")
+
+    def epochs(self, generation: int) -> int:
+        return self.base + self.step * (generation // self.every)
+
+
+def _seed_for(seed: int, number: int) -> int:
+    digest = hashlib.sha256(f"gmsearch:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
+    """The genome stored on a (running or finished) trial by :class:`NicheEvolutionSampler`."""
+    frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
+    text = frozen.system_attrs.get(GENOME_KEY)
+    if text is None:
+        raise ValueError(
+            f"trial {frozen.number} has no genome (system attr {GENOME_KEY!r}); "
+            "run the study with gmsearch.NicheEvolutionSampler"
+        )
+    return Genome.from_json(text)
+
+
+def _is_child(trial: FrozenTrial) -> bool:
+    return trial.user_attrs.get(PARENT_KEY) is not None
+
+
+def _better(child: Sequence[float], old: Sequence[float], directions: Sequence[StudyDirection]) -> bool:
+    """Strictly better for one objective; Pareto dominance for several."""
+    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
+    c = [s * v for s, v in zip(signs, child, strict=True)]
+    o = [s * v for s, v in zip(signs, old, strict=True)]
+    if len(c) == 1:
+        return c[0] > o[0]
+    return all(a >= b for a, b in zip(c, o, strict=True)) and any(a > b for a, b in zip(c, o, strict=True))
+
+
+@dataclass
+class Replay:
+    """The population rebuilt from completed trials."""
+
+    slots: list[FrozenTrial]
+    replaced: dict[int, int | None]  # child number -> trial number it replaced (None: rejected)
+
+
+def _completion_key(t: FrozenTrial) -> tuple[float, int]:
+    done = t.datetime_complete.timestamp() if t.datetime_complete else float("inf")
+    return (done, t.number)
+
+
+def replay(
+    trials: Sequence[FrozenTrial],
+    population_size: int,
+    directions: Sequence[StudyDirection],
+    *,
+    scale: Sequence[float] | None = None,
+    extra: tuple[FrozenTrial, Sequence[float]] | None = None,
+) -> Replay:
+    """Rebuild the population from ``trials`` (Algorithm 1's selection, replayed).
+
+    Args:
+        trials: All trials of the study (any states; only COMPLETE ones count).
+        population_size: Number of slots ``s``.
+        directions: The study's optimisation directions.
+        scale: Optional per-dimension weights of the spectrum distance.
+        extra: A trial not yet stored as COMPLETE, with its values, applied last
+            (the sampler's ``after_trial`` uses it).
+    """
+    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=_completion_key)
+    events: list[tuple[FrozenTrial, Sequence[float]]] = [(t, t.values) for t in done if t.values]
+    if extra is not None:
+        events.append(extra)
+    slots: list[FrozenTrial] = []
+    values: list[Sequence[float]] = []
+    genomes: list[Genome] = []
+    replaced: dict[int, int | None] = {}
+    for trial, vals in events:
+        if GENOME_KEY not in trial.system_attrs:
+            continue
+        if not _is_child(trial):
+            if len(slots) < population_size:
+                slots.append(trial)
+                values.append(vals)
+                genomes.append(genome_of(trial))
+            continue
+        if not slots:
+            continue
+        genome = genome_of(trial)
+        distances = [spectrum_distance(genome, g, scale) for g in genomes]
+        j = distances.index(min(distances))  # first closest on ties
+        if _better(vals, values[j], directions):
+            replaced[trial.number] = slots[j].number
+            slots[j], values[j], genomes[j] = trial, vals, genome
+        else:
+            replaced[trial.number] = None
+    return Replay(slots=slots, replaced=replaced)
+
+
+class NicheEvolutionSampler(BaseSampler):
+    """Steady-state spectrum-niched neuroevolution (paper Algorithm 1) as an Optuna sampler.
+
+    Operiano et al., "Evolving Architectures with Gradient Misalignment toward
+    Low Adversarial Transferability", 2021, section 3.2 and Algorithm 1.
+
+    Args:
+        population_size: ``s``, number of candidates (paper: 4-5).
+        n_children: ``n``, children per candidate per generation (paper: 2).
+        min_distance: ``d``, minimum spectrum distance between initial candidates (paper: 4).
+        mutations_per_child: Number of mutation operators per child, an int
+            or an inclusive range (paper: 4-5, "aggressive mutation").
+        generations: ``g``; when set, the study stops once every child of
+            generation ``g`` has been started.
+        epoch_schedule: Epochs per generation told to the objective through
+            the user attr ``gmsearch:epochs`` (None: the objective decides).
+        mutation_names: Restrict mutation operators to these names.
+        mutation_weights: Relative weights of mutation operators by name.
+        budget: Size budget that keeps children trainable.
+        spectrum_scale: Per-dimension weights of the spectrum distance.
+        seed: Fixes every genome (a trial's randomness derives from seed and
+            trial number, so results do not depend on which worker ran it).
+
+    Example:
+        >>> sampler = NicheEvolutionSampler(population_size=4, n_children=2, seed=0)
+        >>> study = optuna.create_study(direction="maximize", sampler=sampler)
+    """
+
+    def __init__(
+        self,
+        *,
+        population_size: int = 4,
+        n_children: int = 2,
+        min_distance: float = 4.0,
+        mutations_per_child: int | tuple[int, int] = (4, 5),
+        generations: int | None = None,
+        epoch_schedule: EpochSchedule | None = None,
+        mutation_names: Sequence[str] | None = None,
+        mutation_weights: dict[str, float] | None = None,
+        budget: mutations.SizeBudget | None = None,
+        spectrum_scale: Sequence[float] | None = None,
+        seed: int | None = None,
+    ) -> None:
+        if population_size < 1:
+            raise ValueError(f"population_size must be >= 1, got {population_size}")
+        if n_children < 1:
+            raise ValueError(f"n_children must be >= 1, got {n_children}")
+        if min_distance < 0:
+            raise ValueError(f"min_distance must be >= 0, got {min_distance}")
+        k = (mutations_per_child, mutations_per_child) if isinstance(mutations_per_child, int) else tuple(
+            mutations_per_child
+        )
+        if len(k) != 2 or k[0] < 1 or k[1] < k[0]:
+            raise ValueError(f"mutations_per_child must be >= 1 or a range (lo, hi), got {mutations_per_child}")
+        if generations is not None and generations < 1:
+            raise ValueError(f"generations must be >= 1 or None, got {generations}")
+        if spectrum_scale is not None and len(spectrum_scale) != len(SPECTRUM_PARAMS):
+            raise ValueError(f"spectrum_scale needs {len(SPECTRUM_PARAMS)} weights, got {spectrum_scale}")
+        for name in list(mutation_names or []) + list(mutation_weights or {}):
+            mutations.get(name)  # unknown operator: error listing the available ones
+        self.population_size = population_size
+        self.n_children = n_children
+        self.min_distance = float(min_distance)
+        self.mutations_per_child: tuple[int, int] = (int(k[0]), int(k[1]))
+        self.generations = generations
+        self.epoch_schedule = epoch_schedule
+        self.mutation_names = list(mutation_names) if mutation_names else None
+        self.mutation_weights = dict(mutation_weights) if mutation_weights else None
+        self.budget = budget or mutations.SizeBudget()
+        if self.budget.max_blocks > SPECTRUM_MAX:
+            raise ValueError(f"budget.max_blocks must be <= {SPECTRUM_MAX}, got {self.budget.max_blocks}")
+        self.spectrum_scale = list(spectrum_scale) if spectrum_scale else None
+        self._seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
+        self._independent = RandomSampler(seed=self._seed)
+
+    # --- configuration kept on the study so every worker agrees -----------------
+    def config(self) -> dict[str, Any]:
+        """The settings that define the search (stored on the study)."""
+        return {
+            "population_size": self.population_size,
+            "n_children": self.n_children,
+            "min_distance": self.min_distance,
+            "mutations_per_child": list(self.mutations_per_child),
+            "generations": self.generations,
+            "epoch_schedule": asdict(self.epoch_schedule) if self.epoch_schedule else None,
+            "spectrum_scale": self.spectrum_scale,
+        }
+
+    def _sync_config(self, study: Study) -> None:
+        stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
+        mine = json.loads(json.dumps(self.config()))
+        if stored is None:
+            study._storage.set_study_system_attr(study._study_id, CONFIG_KEY, mine)
+        elif stored != mine:
+            logger.warning(
+                "study %r was created with sampler settings %s; this process uses %s",
+                study.study_name, stored, mine,
+            )
+
+    # --- BaseSampler --------------------------------------------------------------
+    def reseed_rng(self) -> None:
+        self._independent.reseed_rng()
+
+    def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
+        return {}
+
+    def sample_relative(
+        self, study: Study, trial: FrozenTrial, search_space: dict[str, BaseDistribution]
+    ) -> dict[str, Any]:
+        return {}
+
+    def sample_independent(
+        self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
+    ) -> Any:
+        return self._independent.sample_independent(study, trial, param_name, param_distribution)
+
+    def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        self._sync_config(study)
+        storage, tid = study._storage, trial._trial_id
+        if GENOME_KEY in trial.system_attrs:  # a re-queued trial keeps its genome and parent
+            self._set_params(study, trial, genome_of(trial))
+            return
+        others = [
+            t for t in study.get_trials(deepcopy=False)
+            if t.number != trial.number and t.state != TrialState.FAIL
+        ]
+        with_genome = [t for t in others if GENOME_KEY in t.system_attrs]
+        initial = [t for t in with_genome if not _is_child(t)]
+        rng = random.Random(_seed_for(self._seed, trial.number))
+        parent: int | None
+        if len(initial) < self.population_size:
+            genome = mutations.random_genome_far_from(
+                [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
+            )
+            parent, generation = None, 0
+        else:
+            earlier = sorted((t for t in others if t.number < trial.number), key=lambda t: t.number)
+            n_initial_seen = 0
+            children: list[FrozenTrial] = []
+            for t in earlier:
+                if GENOME_KEY in t.system_attrs:
+                    if _is_child(t):
+                        children.append(t)
+                    else:
+                        n_initial_seen += 1
+                elif n_initial_seen >= self.population_size:
+                    children.append(t)  # another worker is still writing its genome
+            k = len(children)
+            generation = k // (self.population_size * self.n_children) + 1
+            turn_start = k - k % self.n_children
+            first_of_turn = children[turn_start] if turn_start < k else None
+            if first_of_turn is not None and first_of_turn.user_attrs.get(PARENT_KEY) is not None:
+                parent = int(first_of_turn.user_attrs[PARENT_KEY])
+                parent_trial = study._storage.get_trial(
+                    study._storage.get_trial_id_from_study_id_trial_number(study._study_id, parent)
+                )
+            else:
+                slots = replay(others, self.population_size, study.directions, scale=self.spectrum_scale).slots
+                if not slots:  # no candidate finished yet: take the live initial ones (never wait)
+                    slots = sorted(initial, key=lambda t: t.number)
+                slot = (k // self.n_children) % self.population_size
+                parent_trial = slots[slot % len(slots)]
+                parent = parent_trial.number
+            toolbox = mutations.toolbox(
+                k=self.mutations_per_child, names=self.mutation_names,
+                weights=self.mutation_weights, budget=self.budget,
+            )
+            genome = toolbox.aggressive(genome_of(parent_trial), rng)
+        storage.set_trial_system_attr(tid, GENOME_KEY, genome.to_json())
+        storage.set_trial_user_attr(tid, PARENT_KEY, parent)
+        storage.set_trial_user_attr(tid, GENERATION_KEY, generation)
+        storage.set_trial_user_attr(tid, ARCH_KEY, genome.summary())
+        if self.epoch_schedule is not None:
+            storage.set_trial_user_attr(tid, EPOCHS_KEY, self.epoch_schedule.epochs(generation))
+        self._set_params(study, trial, genome)
+
+    def _set_params(self, study: Study, trial: FrozenTrial, genome: Genome) -> None:
+        for name, count in zip(SPECTRUM_PARAMS, genome.spectrum(), strict=True):
+            if name not in trial.params:
+                study._storage.set_trial_param(trial._trial_id, name, float(min(count, SPECTRUM_MAX)), _SPECTRUM_DIST)
+
+    def after_trial(
+        self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
+    ) -> None:
+        self._independent.after_trial(study, trial, state, values)
+        stored = study._storage.get_trial(trial._trial_id)
+        if state == TrialState.COMPLETE and values is not None and _is_child(stored):
+            others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+            result = replay(
+                others, self.population_size, study.directions,
+                scale=self.spectrum_scale, extra=(stored, values),
+            )
+            study._storage.set_trial_user_attr(
+                trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number)
+            )
+        if self.generations is not None:
+            total = self.population_size * (1 + self.generations * self.n_children)
+            started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
+            if len(started) >= total:
+                study.stop()
+
+
+def n_trials_for(generations: int, population_size: int, n_children: int) -> int:
+    """Trials Algorithm 1 runs: the initial population plus ``g * s * n`` children."""
+    return population_size * (1 + generations * n_children)
+
+
+def population(study: optuna.Study, *, population_size: int | None = None) -> list[FrozenTrial]:
+    """The current candidates of ``study`` as FrozenTrials, in slot order."""
+    size = population_size
+    if size is None:
+        if isinstance(study.sampler, NicheEvolutionSampler):
+            size = study.sampler.population_size
+        else:
+            stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY) or {}
+            size = stored.get("population_size")
+    if size is None:
+        raise ValueError(f"study {study.study_name!r} has no gmsearch sampler settings; pass population_size")
+    scale = study.sampler.spectrum_scale if isinstance(study.sampler, NicheEvolutionSampler) else None
+    return replay(study.get_trials(deepcopy=False), size, study.directions, scale=scale).slots
+
+
+def lineage(study: optuna.Study) -> list[dict[str, Any]]:
+    """One row per trial with a genome: number, state, parent, generation, replaced, values, spectrum."""
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        if GENOME_KEY not in t.system_attrs:
+            continue
+        rows.append({
+            "number": t.number,
+            "state": t.state.name,
+            "parent": t.user_attrs.get(PARENT_KEY),
+            "generation": t.user_attrs.get(GENERATION_KEY),
+            "replaced": t.user_attrs.get(REPLACED_KEY),
+            "values": t.values,
+            "spectrum": list(genome_of(t).spectrum()),
+            "architecture": t.user_attrs.get(ARCH_KEY),
+        })
+    return rows

@@ -1,0 +1,113 @@
+"""Creating and opening studies: Optuna owns storage, trial states and plots.
+
+``create_study`` maximises by default (fitness), resumes an existing study
+of the same name, and on RDB storages (SQLite, PostgreSQL, MySQL) turns on
+Optuna's heartbeat with ``RetryHeartbeatStaleTrialCallback``: a trial whose
+worker died is failed and re-queued with its system attrs, so the retry keeps
+its genome and parent.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Sequence
+from typing import Any, cast
+
+import optuna
+from optuna.samplers import BaseSampler
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_STORAGE = "sqlite:///gmsearch.db"
+
+
+def make_storage(
+    storage: str | BaseStorage | None,
+    *,
+    heartbeat_interval: int | None = 60,
+    grace_period: int | None = None,
+    max_retry: int | None = 3,
+) -> BaseStorage | None:
+    """An Optuna storage for ``storage``: RDB URLs get heartbeat + retry of stale trials.
+
+    ``None`` stays in-memory; ``journal:PATH`` opens a journal file storage.
+    """
+    if storage is None or isinstance(storage, BaseStorage):
+        return storage
+    if not isinstance(storage, str):
+        raise TypeError(f"storage must be a URL string or an Optuna storage, got {type(storage).__name__}")
+    if storage.startswith("journal:"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        return JournalStorage(JournalFileBackend(storage[len("journal:") :]))
+    if "://" not in storage:
+        raise ValueError(
+            f"storage {storage!r} is not a database URL; use e.g. 'sqlite:///gmsearch.db', "
+            "'postgresql://user:pass@host/db' or 'journal:path.log'"
+        )
+    engine_kwargs: dict[str, Any] = {}
+    if storage.startswith("sqlite"):
+        # Several processes on one SQLite file: wait for locks instead of failing.
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    with warnings.catch_warnings():
+        # heartbeat and its retry callback are marked experimental; we rely on them knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        kwargs: dict[str, Any] = {}
+        if heartbeat_interval:
+            kwargs = {
+                "heartbeat_interval": heartbeat_interval,
+                "grace_period": grace_period,
+                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+            }
+        return RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
+
+
+def create_study(
+    *,
+    study_name: str | None = None,
+    storage: str | BaseStorage | None = DEFAULT_STORAGE,
+    sampler: BaseSampler | None = None,
+    pruner: optuna.pruners.BasePruner | None = None,
+    direction: str | None = None,
+    directions: Sequence[str] | None = None,
+    load_if_exists: bool = True,
+    heartbeat_interval: int | None = 60,
+    grace_period: int | None = None,
+) -> optuna.Study:
+    """A plain :class:`optuna.Study` set up for gmsearch.
+
+    Args:
+        study_name: Name in the storage (resumed when it exists).
+        storage: URL (``sqlite:///gmsearch.db`` by default, ``postgresql://...``
+            for many workers, ``journal:FILE``), an Optuna storage, or None
+            for in-memory.
+        sampler: Usually a :class:`~gmsearch.NicheEvolutionSampler`.
+        pruner: Optuna pruner (default: none; GM training reports per epoch).
+        direction: ``"maximize"`` (default) or ``"minimize"``.
+        directions: For multi-objective studies, e.g. with ``pareto`` fitness.
+        load_if_exists: Resume a study of the same name.
+        heartbeat_interval: Seconds between heartbeats on RDB storages (None: off).
+        grace_period: Seconds before a silent trial counts as stale.
+    """
+    if direction is None and directions is None:
+        direction = "maximize"
+    return optuna.create_study(
+        study_name=study_name,
+        storage=make_storage(storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period),
+        sampler=sampler,
+        pruner=pruner or optuna.pruners.NopPruner(),
+        direction=cast(Any, direction),  # validated by Optuna, with its own message
+        directions=cast(Any, directions),
+        load_if_exists=load_if_exists,
+    )
+
+
+def load_study(
+    *, study_name: str, storage: str | BaseStorage, sampler: BaseSampler | None = None
+) -> optuna.Study:
+    """Open an existing study (for reports, export and extra workers)."""
+    opened = make_storage(storage)
+    assert opened is not None
+    return optuna.load_study(study_name=study_name, storage=opened, sampler=sampler)
