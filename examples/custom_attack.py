@@ -1,4 +1,4 @@
-"""Add a new attack in a few lines, then generate a cached adversarial set with it.
+"""Add a new attack in a few lines, generate a cached adversarial set with it, and use it in a study.
 
 The attack below is the L2 fast gradient method: one step of length ``eps``
 along the normalised input gradient. Registering it makes it available by
@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import tempfile
 
-import torch
-from sklearn.datasets import load_digits
+import optuna
 from torch import Tensor, nn
 
+import gmsearch as gms
 from gmsearch import attacks
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @attacks.register("fgm_l2")
@@ -31,48 +33,28 @@ class FGML2(attacks.Attack):
         return (x + self.eps * grad / norms).clamp(0, 1)
 
 
-def small_cnn() -> nn.Module:
-    """A tiny CNN for 8x8 digits; it normalises its own [0, 1] inputs."""
-    return nn.Sequential(
-        nn.Conv2d(1, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Flatten(), nn.Linear(32 * 2 * 2, 10),
-    )
-
-
-def accuracy(model: nn.Module, x: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(1) == y).float().mean().item()
-
-
 def main() -> None:
-    torch.manual_seed(0)
-    digits = load_digits()
-    x = torch.tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # in [0, 1]
-    y = torch.tensor(digits.target, dtype=torch.int64)
-    x_train, y_train, x_test, y_test = x[300:], y[300:], x[:300], y[:300]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = gms.datasets.load("digits", seed=0, image_size=8)
+        reference = gms.references.get("hand_a", data, epochs=5, cache_dir=tmp)
 
-    model = small_cnn()
-    optimiser = torch.optim.Adam(model.parameters(), lr=0.01)
-    for _ in range(300):  # a few seconds on a laptop CPU
-        idx = torch.randint(0, len(x_train), (128,))
-        optimiser.zero_grad()
-        nn.functional.cross_entropy(model(x_train[idx]), y_train[idx]).backward()
-        optimiser.step()
-    model.eval()
+        attack = gms.attacks.create("fgm_l2", eps=1.0)
+        adv = gms.attacks.adversarial_set(reference, data.test.x, data.test.y, attack, cache_dir=tmp, tag="test")
+        print(f"{adv.attack}: reference accuracy {gms.accuracy(reference, data.test.x, data.test.y):.3f} clean, "
+              f"{gms.accuracy(reference, adv.x, adv.y):.3f} under attack")
 
-    attack = attacks.create("fgm_l2", eps=1.5)
-    with tempfile.TemporaryDirectory() as cache_dir:
-        adv = attacks.adversarial_set(model, x_test, y_test, attack, cache_dir=cache_dir, tag="test")
-        again = attacks.adversarial_set(model, x_test, y_test, attack, cache_dir=cache_dir, tag="test")
-        assert torch.equal(adv.x, again.x)  # the second call loaded the cached file
-
-    print(f"attack: {adv.attack}  source: {adv.source}")
-    print(f"clean accuracy:       {accuracy(model, x_test, y_test):.3f}")
-    print(f"adversarial accuracy: {accuracy(model, adv.x, adv.y):.3f}")
-    # The same budget spent by a built-in, iterative attack, for comparison.
-    pgd = attacks.create("pgd_l2", eps=1.5, alpha=0.375, steps=10)
-    print(f"{pgd.describe()}: {accuracy(model, pgd(model, x_test, y_test), y_test):.3f}")
+        # The new attack, by name, drives a (tiny) evolutionary search.
+        objective = gms.GMObjective(
+            data, reference=reference, attack="fgm_l2", attack_params={"eps": 1.0}, epochs=2, cache_dir=tmp
+        )
+        sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, seed=0)
+        study = gms.create_study(study_name="custom-attack", storage=None, sampler=sampler)
+        study.optimize(objective, n_trials=gms.n_trials_for(generations=1, population_size=2, n_children=1))
+        for trial in gms.population(study):
+            print(
+                f"trial {trial.number}: fitness {trial.value:.3f} (clean {trial.user_attrs['clean_acc']:.3f}, "
+                f"adv {trial.user_attrs['adv_acc']:.3f})  {trial.user_attrs['gmsearch:architecture']}"
+            )
 
 
 if __name__ == "__main__":

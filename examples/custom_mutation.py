@@ -12,6 +12,9 @@ from __future__ import annotations
 import random
 from dataclasses import replace
 
+import optuna
+
+import gmsearch as gms
 from gmsearch import mutations, zoo
 from gmsearch.genome import Genome
 
@@ -45,6 +48,24 @@ def main() -> None:
     toolbox = mutations.toolbox(k=(4, 5), names=["widen_convs", "add_sum", "add_pool"])
     print("aggressive:", toolbox.aggressive(parent, rng).summary())
     print("toolbox alias:", toolbox.widen_convs(parent, rng).summary())
+
+    # The sampler draws it too: a quick search with a synthetic fitness (no training).
+    def objective(trial: optuna.Trial) -> float:
+        genome = gms.genome_of(trial)
+        return sum(b.out_channels or 0 for b in genome.blocks) / 1000 - 0.1 * genome.num_blocks
+
+    sampler = gms.NicheEvolutionSampler(
+        population_size=3, n_children=2, mutation_weights={"widen_convs": 10.0}, seed=0
+    )
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=gms.n_trials_for(generations=3, population_size=3, n_children=2))
+    wide = [
+        t for t in study.trials
+        if t.user_attrs["gmsearch:parent"] is not None
+        and all(b.out_channels == 128 for b in gms.genome_of(t).blocks if b.kind in ("conv", "sconv"))
+    ]
+    print(f"sampler: {len(wide)} of {len(study.trials) - 3} children have only 128-channel convs")
+    print("best:", study.best_trial.user_attrs["gmsearch:architecture"])
 
 
 if __name__ == "__main__":

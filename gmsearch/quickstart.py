@@ -96,8 +96,15 @@ def run_quickstart(
         f"[4/5] evolving: population {population_size} x {n_children} children, generations "
         f"{done_generations + 1}..{done_generations + generations} ({n_trials} trials; {len(live)} stored)"
     )
-    logging.getLogger("gmsearch").setLevel(logging.WARNING)  # the progress bar shows progress
-    study.optimize(objective, n_trials=n_trials, show_progress_bar=show_progress_bar)
+    # the progress bar shows progress; per-trial and per-epoch lines would break it
+    verbosity = optuna.logging.get_verbosity()
+    if show_progress_bar:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        logging.getLogger("gmsearch").setLevel(logging.WARNING)
+    try:
+        study.optimize(objective, n_trials=n_trials, show_progress_bar=show_progress_bar)
+    finally:
+        optuna.logging.set_verbosity(verbosity)
 
     print("[5/5] test-split table")
     best_epochs = max(
