@@ -34,7 +34,7 @@ def diverse_input(x: Tensor, generator: torch.Generator, *, resize_rate: float, 
 
 
 @attacks.register("di_fgsm")
-class DIFGSM(attacks.Attack):
+class DIFGSM(attacks.MIFGSM):
     """Momentum iterative FGSM with random resize-and-pad input diversity (Xie et al. 2019)."""
 
     def __init__(
@@ -49,31 +49,26 @@ class DIFGSM(attacks.Attack):
         batch_size: int = 512,
         seed: int = 0,
     ) -> None:
-        super().__init__(eps=eps, batch_size=batch_size, seed=seed)
+        super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, batch_size=batch_size, seed=seed)
         if not 0.0 < resize_rate <= 1.0:
             raise ValueError(f"di_fgsm: resize_rate must be in (0, 1], got {resize_rate}")
         if not 0.0 <= diversity_prob <= 1.0:
             raise ValueError(f"di_fgsm: diversity_prob must be in [0, 1], got {diversity_prob}")
-        if steps < 1 or alpha <= 0:
-            raise ValueError(f"di_fgsm: need steps >= 1 and alpha > 0, got steps={steps}, alpha={alpha}")
-        self.alpha, self.steps, self.decay = alpha, steps, decay
         self.resize_rate, self.diversity_prob = resize_rate, diversity_prob
+        self._generator: torch.Generator | None = None
 
     @property
     def stochastic(self) -> bool:
         return self.diversity_prob > 0
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        momentum = torch.zeros_like(x)
-        adv = start.detach()
-        for _ in range(self.steps):
-            adv.requires_grad_(True)
-            view = diverse_input(adv, generator, resize_rate=self.resize_rate, prob=self.diversity_prob)
-            loss = F.cross_entropy(model(view), y, reduction="sum")
-            (grad,) = torch.autograd.grad(loss, adv)
-            grad = grad / grad.abs().mean(dim=(1, 2, 3), keepdim=True).clamp_min(1e-12)
-            momentum = grad + self.decay * momentum
-            adv = adv.detach() + self.alpha * momentum.sign()
-            adv = (x + (adv - x).clamp(-self.eps, self.eps)).clamp(0, 1)
-        return adv.detach()
+        """MI-FGSM's steps, each gradient taken on a diversified input."""
+        self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
+        return super().perturb(model, x, y, start)
+
+    def input_grad(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
+        assert self._generator is not None
+        x = x.detach().requires_grad_(True)
+        view = diverse_input(x, self._generator, resize_rate=self.resize_rate, prob=self.diversity_prob)
+        (grad,) = torch.autograd.grad(F.cross_entropy(model(view), y, reduction="sum"), x)
+        return grad
