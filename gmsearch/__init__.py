@@ -29,6 +29,7 @@ from gmsearch import (
     losses,
     mutations,
     references,
+    report,
     zoo,
 )
 from gmsearch.builder import build, count_params, estimate_flops
@@ -83,6 +84,7 @@ __all__ = [
     "population",
     "reference_gradients",
     "references",
+    "report",
     "spectrum_distance",
     "train",
     "zoo",

@@ -1,4 +1,4 @@
-"""The ``gmsearch`` command line: quickstart, run, plugins."""
+"""The ``gmsearch`` command line: quickstart, run, report, plugins."""
 
 from __future__ import annotations
 
@@ -27,6 +27,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     study = runner.run(cfg, workers=args.workers)
     best = [t for t in study.get_trials(deepcopy=False) if t.values]
     print(f"study {study.study_name}: {len(study.trials)} trials, {len(best)} finished")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from gmsearch.report import open_study, write_report
+
+    study = open_study(args.storage, args.study)
+    path = write_report(study, args.out, artifact_store=args.artifacts)
+    print(f"report of study {study.study_name!r} ({len(study.trials)} trials): {path}")
     return 0
 
 
@@ -68,6 +77,14 @@ def make_parser() -> argparse.ArgumentParser:
     r.add_argument("config", help="TOML config file (see README: config reference)")
     r.add_argument("--workers", type=int, default=None, help="worker processes (default: config's)")
     r.set_defaults(func=_cmd_run)
+
+    rep = sub.add_parser("report", help="write one self-contained HTML report of a study")
+    rep.add_argument("--storage", default="sqlite:///gmsearch.db",
+                     help="study storage URL (default sqlite:///gmsearch.db; also postgresql://..., journal:FILE)")
+    rep.add_argument("--study", default=None, help="study name (may be omitted when the storage holds one study)")
+    rep.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
+    rep.add_argument("--artifacts", default=None, help="artifact store directory (for stored attribution maps)")
+    rep.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")
     p.add_argument("--plugin", action="append", help="also load this plugin folder (name or path)")

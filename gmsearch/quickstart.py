@@ -5,7 +5,8 @@ paper's hand-engineered reference ``hand_a`` (cached), makes L-inf PGD
 adversarial validation/test sets from it (cached), evolves a population of 4
 with 2 children per candidate for a few generations with GM training, then
 prints the baseline table on the test split and writes Optuna's optimization
-history as HTML. The study lives in SQLite in the working directory; running
+history and the full report (``gmsearch report``, with the table stored on the
+study) as HTML. The study lives in SQLite in the working directory; running
 again resumes it and adds more generations.
 """
 
@@ -22,6 +23,7 @@ from optuna.trial import TrialState
 from gmsearch import datasets, mutations, references
 from gmsearch.experiments import Row, evolved_rows, format_table, reference_gm_row, reference_row
 from gmsearch.objective import GMObjective
+from gmsearch.report import store_baseline, write_report
 from gmsearch.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
 from gmsearch.study import create_study
 
@@ -38,6 +40,7 @@ class QuickstartResult:
     study: optuna.Study
     seconds: float
     history_html: Path
+    report_html: Path | None = None
 
 
 def run_quickstart(
@@ -120,9 +123,15 @@ def run_quickstart(
     table = format_table(rows, title=title)
     history = work / "gmsearch_quickstart_history.html"
     optuna.visualization.plot_optimization_history(study).write_html(str(history), include_plotlyjs=True)
+    store_baseline(study, rows, title=title)  # `gmsearch report` shows it later too
+    report_html = write_report(
+        study, work / "gmsearch_quickstart_report.html", artifact_store=objective.artifact_store
+    )
     seconds = time.perf_counter() - start
     print(table)
     print(f"optimization history: {history}")
+    print(f"full report: {report_html}")
     print(f"study: {study.study_name} in {work / 'gmsearch_quickstart.db'} ({len(study.trials)} trials)")
     print(f"done in {seconds:.0f} s")
-    return QuickstartResult(rows=rows, table=table, study=study, seconds=seconds, history_html=history)
+    return QuickstartResult(rows=rows, table=table, study=study, seconds=seconds, history_html=history,
+                            report_html=report_html)
