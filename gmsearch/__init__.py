@@ -38,6 +38,7 @@ from gmsearch.genome import Block, Genome, GenomeError, spectrum_distance
 from gmsearch.objective import GMObjective, load_trial_model
 from gmsearch.plotting import plot_architecture
 from gmsearch.plugins import load_plugin, load_plugins
+from gmsearch.refine import RefineResult, refine
 from gmsearch.sampler import (
     EpochSchedule,
     NicheEvolutionSampler,
@@ -57,6 +58,7 @@ __all__ = [
     "Genome",
     "GenomeError",
     "NicheEvolutionSampler",
+    "RefineResult",
     "TrainResult",
     "TrainingDivergedError",
     "__version__",
@@ -84,6 +86,7 @@ __all__ = [
     "population",
     "reference_gradients",
     "references",
+    "refine",
     "report",
     "spectrum_distance",
     "train",

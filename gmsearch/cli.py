@@ -1,4 +1,4 @@
-"""The ``gmsearch`` command line: quickstart, run, report, plugins."""
+"""The ``gmsearch`` command line: quickstart, run, report, export, plugins."""
 
 from __future__ import annotations
 
@@ -36,6 +36,18 @@ def _cmd_report(args: argparse.Namespace) -> int:
     study = open_study(args.storage, args.study)
     path = write_report(study, args.out, artifact_store=args.artifacts)
     print(f"report of study {study.study_name!r} ({len(study.trials)} trials): {path}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from gmsearch.export import export_trial
+
+    result = export_trial(
+        storage=args.storage, study_name=args.study, trial=args.trial, out=args.out, artifacts=args.artifacts,
+        refined=args.refined, image_size=args.image_size, in_channels=args.in_channels,
+        num_classes=args.num_classes,
+    )
+    print(f"trial {result.trial} exported to {result.folder}: " + ", ".join(f.name for f in result.files))
     return 0
 
 
@@ -85,6 +97,22 @@ def make_parser() -> argparse.ArgumentParser:
     rep.add_argument("--out", default="report.html", help="HTML file to write (default report.html)")
     rep.add_argument("--artifacts", default=None, help="artifact store directory (for stored attribution maps)")
     rep.set_defaults(func=_cmd_report)
+
+    ex = sub.add_parser("export", help="write a trial's genome, trained weights and a snippet that loads them")
+    ex.add_argument("--storage", default="sqlite:///gmsearch.db",
+                    help="study storage URL (default sqlite:///gmsearch.db; also postgresql://..., journal:FILE)")
+    ex.add_argument("--study", default=None, help="study name (may be omitted when the storage holds one study)")
+    which = ex.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, default=None, help="trial number to export")
+    which.add_argument("--best", action="store_true", help="export the best trial (the default)")
+    ex.add_argument("--out", default=None, help="folder to write (default ./<study>-trial<N>)")
+    ex.add_argument("--artifacts", default=None,
+                    help="artifact store directory (default gmsearch_artifacts beside the SQLite file, then ./)")
+    ex.add_argument("--refined", action="store_true", help="export the weights gmsearch.refine stored")
+    ex.add_argument("--image-size", default=None, help="input H or HxW, if the study does not record it")
+    ex.add_argument("--in-channels", type=int, default=None, help="input channels, if not recorded")
+    ex.add_argument("--num-classes", type=int, default=None, help="number of classes, if not recorded")
+    ex.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")
     p.add_argument("--plugin", action="append", help="also load this plugin folder (name or path)")

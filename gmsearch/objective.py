@@ -178,7 +178,15 @@ class GMObjective:
         fd, tmp = tempfile.mkstemp(suffix=".pt", prefix=f"trial{trial.number}-")
         os.close(fd)
         try:
-            torch.save({"genome": genome.to_json(), "state_dict": net.state_dict()}, tmp)
+            torch.save(
+                {
+                    "genome": genome.to_json(),
+                    "state_dict": net.state_dict(),
+                    "input_shape": list(self.data.input_shape),
+                    "num_classes": self.data.num_classes,
+                },
+                tmp,
+            )
             artifact_id = upload_artifact(
                 artifact_store=self.artifact_store, file_path=tmp, study_or_trial=trial
             )

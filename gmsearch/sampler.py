@@ -19,6 +19,23 @@ Per trial (``before_trial``):
   aggressive mutation (k operators from the DEAP toolbox of registered
   mutation plugins) of the parent's.
 
+Many workers: a trial another worker is still sampling (RUNNING, no genome
+yet) counts as the initial candidate or child it is about to become, and a
+trial waits (briefly) for earlier ones being sampled, so trial numbers decide
+roles as with one worker and initial candidates stay ``min_distance`` apart.
+Each trial writes its genome last, after its parent and generation, so a
+genome on a trial means its bookkeeping is complete. A trial the heartbeat
+has just failed keeps its place until Optuna has re-queued it (the sampler
+marks trials failed by their own worker, which are never re-queued, with
+``gmsearch:told_fail``). With ``generations`` set, a trial started
+after every planned trial is taken is *surplus*: it is marked
+``gmsearch:surplus``, gets no genome, and :func:`genome_of` prunes it at
+once. On storages with a heartbeat a surplus trial first waits, failing
+stale trials itself, until the planned trials are all finished (then every
+worker stops), a dead worker's trial is re-queued (then it is picked up
+next) or a failed one leaves a vacancy (then this trial takes it). So no
+worker quits while a dead worker's trial may still need a retry.
+
 The population (:func:`replay`) is a deterministic replay of completed
 trials in completion order: initial candidates fill the slots; each child
 replaces the candidate closest to it in spectrum distance (first closest by
@@ -27,7 +44,10 @@ it dominates), taking that slot. Failed and pruned trials never enter.
 
 Storage keys: system attr ``gmsearch:genome``; user attrs
 ``gmsearch:parent``, ``gmsearch:generation``, ``gmsearch:replaced``,
-``gmsearch:epochs`` (when an epoch schedule is set), ``gmsearch:architecture``.
+``gmsearch:epochs`` (when an epoch schedule is set), ``gmsearch:architecture``;
+system attrs ``gmsearch:surplus`` (trials started after the last generation)
+and ``gmsearch:told_fail`` (trials failed by their worker). A running
+objective sees the user attrs through ``trial.user_attrs``.
 The spectrum counts are set as int params so Optuna's param plots work.
 """
 
@@ -37,13 +57,19 @@ import hashlib
 import json
 import logging
 import random
+import time
+import warnings
+import weakref
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
+from optuna.storages import BaseStorage
+from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -59,6 +85,15 @@ REPLACED_KEY = "gmsearch:replaced"
 EPOCHS_KEY = "gmsearch:epochs"
 ARCH_KEY = "gmsearch:architecture"
 CONFIG_KEY = "gmsearch:sampler"
+SURPLUS_KEY = "gmsearch:surplus"
+TOLD_FAIL_KEY = "gmsearch:told_fail"
+
+#: A RUNNING trial without a genome older than this was left by a worker that died while sampling.
+PENDING_SECONDS = 120.0
+#: How long a trial waits for earlier trials that other workers are sampling right now.
+SETTLE_SECONDS = 5.0
+#: How long a trial failed by the heartbeat (not by its worker) keeps its place while its re-queue is written.
+REQUEUE_SECONDS = 10.0
 
 SPECTRUM_PARAMS = ("n_conv", "n_pool", "n_sconv", "n_sum", "n_concat")
 SPECTRUM_MAX = 64
@@ -87,10 +122,20 @@ def _seed_for(seed: int, number: int) -> int:
 
 
 def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
-    """The genome stored on a (running or finished) trial by :class:`NicheEvolutionSampler`."""
+    """The genome stored on a (running or finished) trial by :class:`NicheEvolutionSampler`.
+
+    Raises:
+        optuna.TrialPruned: ``trial`` is a running surplus trial (the study
+            already has all its generations); the objective stops at once.
+        ValueError: the trial has no genome.
+    """
     frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
     text = frozen.system_attrs.get(GENOME_KEY)
     if text is None:
+        if isinstance(trial, optuna.Trial) and frozen.system_attrs.get(SURPLUS_KEY):
+            raise optuna.TrialPruned(
+                f"trial {frozen.number} is surplus: every trial of the study's generations is already taken"
+            )
         raise ValueError(
             f"trial {frozen.number} has no genome (system attr {GENOME_KEY!r}); "
             "run the study with gmsearch.NicheEvolutionSampler"
@@ -110,6 +155,118 @@ def _better(child: Sequence[float], old: Sequence[float], directions: Sequence[S
     if len(c) == 1:
         return c[0] > o[0]
     return all(a >= b for a, b in zip(c, o, strict=True)) and any(a > b for a, b in zip(c, o, strict=True))
+
+
+def _heartbeat_interval(storage: BaseStorage) -> int | None:
+    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
+        return storage.get_heartbeat_interval()
+    return None
+
+
+def _set_user_attr(storage: BaseStorage, trial: FrozenTrial, key: str, value: Any) -> None:
+    """Store a user attr and show it on ``trial`` too.
+
+    ``trial`` is the snapshot a running ``optuna.Trial`` reads ``user_attrs``
+    from, so the objective sees, e.g., ``gmsearch:epochs``.
+    """
+    storage.set_trial_user_attr(trial._trial_id, key, value)
+    trial.user_attrs = {**trial.user_attrs, key: value}
+
+
+def _set_system_attr(storage: BaseStorage, trial: FrozenTrial, key: str, value: Any) -> None:
+    storage.set_trial_system_attr(trial._trial_id, key, value)
+    trial.system_attrs = {**trial.system_attrs, key: value}
+
+
+def _record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
+    if isinstance(storage, BaseHeartbeat):
+        storage.record_heartbeat(trial_id)
+
+
+def _stop(study: Study) -> None:
+    try:
+        study.stop()
+    except RuntimeError:  # ask-and-tell use, outside study.optimize: nothing to stop
+        pass
+
+
+def _age(trial: FrozenTrial, now: datetime) -> float:
+    return (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
+
+
+@dataclass
+class _Census:
+    """How the other trials of a study count for the trial being sampled (``me``)."""
+
+    n_initial: int = 0  # live initial candidates, including ones still being sampled
+    earlier_children: list[FrozenTrial] = field(default_factory=list)  # numbers < me, in number order
+    n_children: int = 0  # all live children, including later-numbered re-queued ones and earlier waiters
+    settling: bool = False  # an earlier trial is being sampled by another worker right now
+
+
+def _requeue_pending(trial: FrozenTrial, retried: set[int], now: datetime) -> bool:
+    """A trial just failed by the heartbeat whose re-queued copy is not written yet.
+
+    Optuna fails a stale trial, then re-queues it in a second step; counting the
+    trial until then keeps other workers from filling its place twice.
+    """
+    if trial.state != TrialState.FAIL or GENOME_KEY not in trial.system_attrs:
+        return False
+    if trial.system_attrs.get(TOLD_FAIL_KEY) or trial.number in retried or trial.datetime_complete is None:
+        return False  # failed by its own worker (never re-queued), or already re-queued
+    return (now - trial.datetime_complete).total_seconds() < REQUEUE_SECONDS
+
+
+def _census(trials: Sequence[FrozenTrial], me: int, population_size: int, now: datetime) -> _Census:
+    census = _Census()
+    later = waiting = 0
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    for t in sorted(trials, key=lambda t: t.number):
+        if t.number == me or (t.state == TrialState.FAIL and not _requeue_pending(t, retried, now)):
+            continue
+        if GENOME_KEY in t.system_attrs:
+            if not _is_child(t):
+                census.n_initial += 1
+            elif t.number < me:
+                census.earlier_children.append(t)
+            else:
+                later += 1  # e.g. a dead worker's child, re-queued under a new number
+        elif t.number < me and t.state == TrialState.RUNNING:
+            if t.system_attrs.get(SURPLUS_KEY):
+                waiting += 1  # a surplus trial waiting for a vacancy goes first
+            elif _age(t, now) < PENDING_SECONDS:
+                # another worker is sampling it: count it as what it is about to become
+                census.settling = census.settling or _age(t, now) < SETTLE_SECONDS
+                if census.n_initial < population_size:
+                    census.n_initial += 1
+                else:
+                    census.earlier_children.append(t)
+    census.n_children = len(census.earlier_children) + later + waiting
+    return census
+
+
+def _finished(
+    trials: Sequence[FrozenTrial],
+    population_size: int,
+    n_planned_children: int,
+    *,
+    current: int | None = None,
+    current_state: TrialState | None = None,
+) -> bool:
+    """Whether every planned trial has finished (``current`` counted with ``current_state``)."""
+    done_initial = done_children = 0
+    for t in trials:
+        if GENOME_KEY not in t.system_attrs:
+            continue
+        state = current_state if t.number == current and current_state is not None else t.state
+        if state in (TrialState.RUNNING, TrialState.WAITING):
+            return False
+        if state in (TrialState.COMPLETE, TrialState.PRUNED):
+            if _is_child(t):
+                done_children += 1
+            else:
+                done_initial += 1
+    return done_initial >= population_size and done_children >= n_planned_children
 
 
 @dataclass
@@ -185,8 +342,9 @@ class NicheEvolutionSampler(BaseSampler):
         min_distance: ``d``, minimum spectrum distance between initial candidates (paper: 4).
         mutations_per_child: Number of mutation operators per child, an int
             or an inclusive range (paper: 4-5, "aggressive mutation").
-        generations: ``g``; when set, the study stops once every child of
-            generation ``g`` has been started.
+        generations: ``g``; when set, every worker's ``optimize`` stops once
+            all trials of generations ``1..g`` have finished (trials started
+            after that are surplus and pruned at once; see the module docstring).
         epoch_schedule: Epochs per generation told to the objective through
             the user attr ``gmsearch:epochs`` (None: the objective decides).
         mutation_names: Restrict mutation operators to these names.
@@ -247,6 +405,16 @@ class NicheEvolutionSampler(BaseSampler):
         self.spectrum_scale = list(spectrum_scale) if spectrum_scale else None
         self._seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self._independent = RandomSampler(seed=self._seed)
+        self._synced: weakref.WeakKeyDictionary[BaseStorage, set[int]] = weakref.WeakKeyDictionary()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_synced"] = None  # weak references do not pickle
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._synced = weakref.WeakKeyDictionary()
 
     # --- configuration kept on the study so every worker agrees -----------------
     def config(self) -> dict[str, Any]:
@@ -262,6 +430,10 @@ class NicheEvolutionSampler(BaseSampler):
         }
 
     def _sync_config(self, study: Study) -> None:
+        synced = self._synced.setdefault(study._storage, set())
+        if study._study_id in synced:
+            return  # once per study and process: the settings never change
+        synced.add(study._study_id)
         stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
         mine = json.loads(json.dumps(self.config()))
         if stored is None:
@@ -292,47 +464,40 @@ class NicheEvolutionSampler(BaseSampler):
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._sync_config(study)
         storage, tid = study._storage, trial._trial_id
+        heartbeat = _heartbeat_interval(storage)
+        if heartbeat is not None:
+            _record_heartbeat(storage, tid)  # from here on, a worker that dies leaves a stale trial
         if GENOME_KEY in trial.system_attrs:  # a re-queued trial keeps its genome and parent
             self._set_params(study, trial, genome_of(trial))
             return
-        others = [
-            t for t in study.get_trials(deepcopy=False)
-            if t.number != trial.number and t.state != TrialState.FAIL
-        ]
-        with_genome = [t for t in others if GENOME_KEY in t.system_attrs]
-        initial = [t for t in with_genome if not _is_child(t)]
+        trials, census, marked = self._wait_for_a_place(study, trial, heartbeat)
+        if census is None:
+            return  # surplus: genome_of prunes it
         rng = random.Random(_seed_for(self._seed, trial.number))
-        parent: int | None
-        if len(initial) < self.population_size:
+        initial = sorted(
+            (t for t in trials if t.number != trial.number and t.state != TrialState.FAIL
+             and GENOME_KEY in t.system_attrs and not _is_child(t)),
+            key=lambda t: t.number,
+        )
+        parent: int | None = None
+        generation = 0
+        if census.n_initial < self.population_size or not initial:
             genome = mutations.random_genome_far_from(
                 [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
             )
-            parent, generation = None, 0
         else:
-            earlier = sorted((t for t in others if t.number < trial.number), key=lambda t: t.number)
-            n_initial_seen = 0
-            children: list[FrozenTrial] = []
-            for t in earlier:
-                if GENOME_KEY in t.system_attrs:
-                    if _is_child(t):
-                        children.append(t)
-                    else:
-                        n_initial_seen += 1
-                elif n_initial_seen >= self.population_size:
-                    children.append(t)  # another worker is still writing its genome
-            k = len(children)
+            k = len(census.earlier_children)
             generation = k // (self.population_size * self.n_children) + 1
             turn_start = k - k % self.n_children
-            first_of_turn = children[turn_start] if turn_start < k else None
-            if first_of_turn is not None and first_of_turn.user_attrs.get(PARENT_KEY) is not None:
-                parent = int(first_of_turn.user_attrs[PARENT_KEY])
-                parent_trial = study._storage.get_trial(
-                    study._storage.get_trial_id_from_study_id_trial_number(study._study_id, parent)
-                )
+            first_of_turn = census.earlier_children[turn_start] if turn_start < k else None
+            if first_of_turn is not None and GENOME_KEY in first_of_turn.system_attrs:
+                parent = int(first_of_turn.user_attrs[PARENT_KEY])  # the turn's parent, as it was
+                parent_trial = next(t for t in trials if t.number == parent)
             else:
+                others = [t for t in trials if t.number != trial.number]
                 slots = replay(others, self.population_size, study.directions, scale=self.spectrum_scale).slots
                 if not slots:  # no candidate finished yet: take the live initial ones (never wait)
-                    slots = sorted(initial, key=lambda t: t.number)
+                    slots = initial
                 slot = (k // self.n_children) % self.population_size
                 parent_trial = slots[slot % len(slots)]
                 parent = parent_trial.number
@@ -341,26 +506,82 @@ class NicheEvolutionSampler(BaseSampler):
                 weights=self.mutation_weights, budget=self.budget,
             )
             genome = toolbox.aggressive(genome_of(parent_trial), rng)
-        storage.set_trial_system_attr(tid, GENOME_KEY, genome.to_json())
-        storage.set_trial_user_attr(tid, PARENT_KEY, parent)
-        storage.set_trial_user_attr(tid, GENERATION_KEY, generation)
-        storage.set_trial_user_attr(tid, ARCH_KEY, genome.summary())
+        # The genome goes last: other workers read a genome as "this trial's bookkeeping is complete".
+        _set_user_attr(storage, trial, PARENT_KEY, parent)
+        _set_user_attr(storage, trial, GENERATION_KEY, generation)
+        _set_user_attr(storage, trial, ARCH_KEY, genome.summary())
         if self.epoch_schedule is not None:
-            storage.set_trial_user_attr(tid, EPOCHS_KEY, self.epoch_schedule.epochs(generation))
+            _set_user_attr(storage, trial, EPOCHS_KEY, self.epoch_schedule.epochs(generation))
         self._set_params(study, trial, genome)
+        _set_system_attr(storage, trial, GENOME_KEY, genome.to_json())
+        if marked:  # it waited as surplus, then took a vacancy
+            _set_system_attr(storage, trial, SURPLUS_KEY, False)
+        if heartbeat is not None:
+            _record_heartbeat(storage, tid)  # Optuna's heartbeat thread takes over from here
+
+    def _wait_for_a_place(
+        self, study: Study, trial: FrozenTrial, heartbeat: int | None
+    ) -> tuple[list[FrozenTrial], _Census | None, bool]:
+        """The study's trials, this trial's census (None: surplus) and whether it was marked surplus.
+
+        Waits briefly for earlier trials that other workers are sampling right
+        now; with a heartbeat, a surplus trial waits for a vacancy (see the module docstring).
+        """
+        storage, tid = study._storage, trial._trial_id
+        settle_until = time.monotonic() + SETTLE_SECONDS
+        poll = min(max(heartbeat / 2, 0.1), 1.0) if heartbeat is not None else 0.0
+        n_planned = self.population_size * self.generations * self.n_children if self.generations else 0
+        marked = bool(trial.system_attrs.get(SURPLUS_KEY))  # a re-queued surplus trial
+        beat = time.monotonic()
+        while True:
+            trials = study.get_trials(deepcopy=False)
+            census = _census(trials, trial.number, self.population_size, datetime.now())
+            if census.settling and time.monotonic() < settle_until:
+                time.sleep(0.02)
+                if heartbeat is not None and time.monotonic() - beat > poll:
+                    _record_heartbeat(storage, tid)  # a live trial never looks stale while it waits
+                    beat = time.monotonic()
+                continue
+            if self.generations is None or census.n_initial < self.population_size or census.n_children < n_planned:
+                return trials, census, marked
+            if not marked:
+                _set_system_attr(storage, trial, SURPLUS_KEY, True)
+                marked = True
+            if heartbeat is None or _finished(trials, self.population_size, n_planned):
+                logger.info("trial %d is surplus: the study has all its generations; stopping", trial.number)
+                _stop(study)
+                return trials, None, marked
+            if any(t.state == TrialState.WAITING for t in trials):
+                return trials, None, marked  # a re-queued trial waits: this worker runs it next
+            time.sleep(poll)
+            _record_heartbeat(storage, tid)
+            beat = time.monotonic()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # workers that died: fail and re-queue their trials
 
     def _set_params(self, study: Study, trial: FrozenTrial, genome: Genome) -> None:
+        params, distributions = dict(trial.params), dict(trial.distributions)
         for name, count in zip(SPECTRUM_PARAMS, genome.spectrum(), strict=True):
             if name not in trial.params:
-                study._storage.set_trial_param(trial._trial_id, name, float(min(count, SPECTRUM_MAX)), _SPECTRUM_DIST)
+                value = min(count, SPECTRUM_MAX)
+                study._storage.set_trial_param(trial._trial_id, name, float(value), _SPECTRUM_DIST)
+                params[name], distributions[name] = value, _SPECTRUM_DIST
+        trial.params, trial.distributions = params, distributions  # what the running Trial shows
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         self._independent.after_trial(study, trial, state, values)
         stored = study._storage.get_trial(trial._trial_id)
-        if state == TrialState.COMPLETE and values is not None and _is_child(stored):
-            others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        if stored.state.is_finished():
+            return  # another worker failed it as stale (and re-queued it); Optuna reports that
+        if state == TrialState.FAIL:  # failed here, not by the heartbeat: no re-queue will follow
+            study._storage.set_trial_system_attr(trial._trial_id, TOLD_FAIL_KEY, True)
+        trials = study.get_trials(deepcopy=False)
+        if state == TrialState.COMPLETE and values is not None and GENOME_KEY in stored.system_attrs \
+                and _is_child(stored):
+            others = [t for t in trials if t.number != trial.number]
             result = replay(
                 others, self.population_size, study.directions,
                 scale=self.spectrum_scale, extra=(stored, values),
@@ -369,10 +590,16 @@ class NicheEvolutionSampler(BaseSampler):
                 trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number)
             )
         if self.generations is not None:
-            total = self.population_size * (1 + self.generations * self.n_children)
-            started = [t for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL]
-            if len(started) >= total:
-                study.stop()
+            n_planned = self.population_size * self.generations * self.n_children
+            if _finished(trials, self.population_size, n_planned, current=trial.number, current_state=state):
+                _stop(study)
+
+    def is_finished(self, study: Study) -> bool:
+        """Whether every trial of the ``generations`` generations has finished (False without ``generations``)."""
+        if self.generations is None:
+            return False
+        n_planned = self.population_size * self.generations * self.n_children
+        return _finished(study.get_trials(deepcopy=False), self.population_size, n_planned)
 
 
 def n_trials_for(generations: int, population_size: int, n_children: int) -> int:

@@ -9,6 +9,7 @@ its genome and parent.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import warnings
 from collections.abc import Sequence
@@ -23,6 +24,18 @@ logger = logging.getLogger(__name__)
 DEFAULT_STORAGE = "sqlite:///gmsearch.db"
 
 
+def _with_installed_postgres_driver(url: str) -> str:
+    """``postgresql://`` names SQLAlchemy's default driver, psycopg2; use psycopg 3 when only it is installed."""
+    scheme, sep, rest = url.partition("://")
+    if scheme not in ("postgresql", "postgres") or importlib.util.find_spec("psycopg2") is not None:
+        return url
+    if importlib.util.find_spec("psycopg") is None:
+        raise ValueError(
+            f"storage {url!r} needs a PostgreSQL driver: pip install 'psycopg[binary]' (or gmsearch[postgres])"
+        )
+    return f"postgresql+psycopg{sep}{rest}"
+
+
 def make_storage(
     storage: str | BaseStorage | None,
     *,
@@ -32,7 +45,16 @@ def make_storage(
 ) -> BaseStorage | None:
     """An Optuna storage for ``storage``: RDB URLs get heartbeat + retry of stale trials.
 
-    ``None`` stays in-memory; ``journal:PATH`` opens a journal file storage.
+    ``None`` stays in-memory; ``journal:PATH`` opens a journal file storage;
+    ``postgresql://`` uses psycopg 3 when psycopg2 is not installed.
+
+    Args:
+        storage: URL, Optuna storage (returned as is) or None.
+        heartbeat_interval: Seconds between heartbeats of running trials on
+            RDB storages (None or 0: no heartbeat).
+        grace_period: Seconds without heartbeat before a trial is stale
+            (None: twice the interval).
+        max_retry: How many times a stale trial is re-queued (None: always).
     """
     if storage is None or isinstance(storage, BaseStorage):
         return storage
@@ -47,6 +69,7 @@ def make_storage(
             f"storage {storage!r} is not a database URL; use e.g. 'sqlite:///gmsearch.db', "
             "'postgresql://user:pass@host/db' or 'journal:path.log'"
         )
+    storage = _with_installed_postgres_driver(storage)
     engine_kwargs: dict[str, Any] = {}
     if storage.startswith("sqlite"):
         # Several processes on one SQLite file: wait for locks instead of failing.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import optuna
@@ -11,7 +12,16 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch.sampler import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SPECTRUM_PARAMS
+from gmsearch.sampler import (
+    GENOME_KEY,
+    PARENT_KEY,
+    PENDING_SECONDS,
+    REPLACED_KEY,
+    SPECTRUM_PARAMS,
+    SURPLUS_KEY,
+    TOLD_FAIL_KEY,
+    _census,
+)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -182,9 +192,21 @@ def test_generations_stop_the_study() -> None:
 
 
 def test_epoch_schedule_is_told_through_the_trial() -> None:
-    study = run(None, epoch_schedule=gms.EpochSchedule(base=20, step=5, every=2))
+    seen: dict[int, tuple[object, object]] = {}
+
+    def reads_its_trial(trial: optuna.Trial) -> float:
+        # what a running objective sees (Trial.user_attrs is a snapshot taken before before_trial)
+        seen[trial.number] = (trial.user_attrs.get("gmsearch:epochs"), trial.user_attrs.get(PARENT_KEY))
+        assert [trial.params[p] for p in SPECTRUM_PARAMS] == list(gms.genome_of(trial).spectrum())
+        return objective(trial)
+
+    study = gms.create_study(
+        study_name="e", storage=None, sampler=sampler(epoch_schedule=gms.EpochSchedule(base=20, step=5, every=2))
+    )
+    study.optimize(reads_its_trial, n_trials=S + 3 * S * N)
     by_gen = {t.user_attrs["gmsearch:generation"]: t.user_attrs["gmsearch:epochs"] for t in study.trials}
     assert by_gen == {0: 20, 1: 20, 2: 25, 3: 25}
+    assert seen == {t.number: (t.user_attrs["gmsearch:epochs"], t.user_attrs[PARENT_KEY]) for t in study.trials}
 
 
 def test_two_objectives_replace_on_dominance() -> None:
@@ -228,3 +250,69 @@ def test_unreachable_min_distance_is_a_clear_error() -> None:
     study = gms.create_study(study_name="d", storage=None, sampler=sampler(min_distance=1000.0))
     with pytest.raises(ValueError, match="distance"):
         study.optimize(objective, n_trials=2)
+
+
+def test_threads_finish_exactly_the_planned_generations() -> None:
+    study = gms.create_study(study_name="j", storage=None, sampler=sampler(generations=2))
+    study.optimize(objective, n_trials=1000, n_jobs=4)
+    done = [t for t in study.trials if t.state == TrialState.COMPLETE and GENOME_KEY in t.system_attrs]
+    assert len(done) == gms.n_trials_for(2, S, N)
+    assert len([t for t in done if t.user_attrs[PARENT_KEY] is None]) == S
+    surplus = [t for t in study.trials if GENOME_KEY not in t.system_attrs]
+    assert all(t.state == TrialState.PRUNED and t.system_attrs[SURPLUS_KEY] for t in surplus)
+    assert len(surplus) <= 4
+
+
+def test_ask_and_tell_past_the_last_generation() -> None:
+    study = gms.create_study(study_name="a", storage=None, sampler=sampler(generations=1))
+    for _ in range(gms.n_trials_for(1, S, N)):
+        trial = study.ask()
+        study.tell(trial, objective(trial))  # the last tell does not raise (no optimize loop to stop)
+    extra = study.ask()
+    with pytest.raises(optuna.TrialPruned, match="surplus"):
+        gms.genome_of(extra)
+    study.tell(extra, state=TrialState.PRUNED)
+    assert gms.NicheEvolutionSampler(population_size=S, n_children=N, generations=1).is_finished(study)
+
+
+def _frozen(number: int, state: TrialState = TrialState.RUNNING, *, parent: int | None = None,
+            genome: bool = True, surplus: bool = False, age: float = 0.0,
+            system: dict[str, object] | None = None) -> optuna.trial.FrozenTrial:
+    now = datetime.now()
+    attrs: dict[str, object] = dict(system or {})
+    if genome:
+        attrs[GENOME_KEY] = "{}"
+    if surplus:
+        attrs[SURPLUS_KEY] = True
+    return optuna.trial.FrozenTrial(
+        number=number, state=state, value=1.0 if state == TrialState.COMPLETE else None,
+        datetime_start=now - timedelta(seconds=age),
+        datetime_complete=now - timedelta(seconds=age) if state.is_finished() else None,
+        params={}, distributions={}, user_attrs={PARENT_KEY: parent} if genome else {},
+        system_attrs=attrs, intermediate_values={}, trial_id=number, values=None,
+    )
+
+
+def test_census_counts_trials_other_workers_are_still_sampling() -> None:
+    now = datetime.now()
+    # 0 and 1 initial; 2 being sampled right now (predicted initial, s=3); 3 a child; 4 being sampled (a child)
+    trials = [_frozen(0), _frozen(1), _frozen(2, genome=False), _frozen(3, parent=0), _frozen(4, genome=False)]
+    census = _census(trials, 5, 3, now)
+    assert census.n_initial == 3 and [t.number for t in census.earlier_children] == [3, 4] and census.settling
+    # a trial without genome left by a worker that died long ago counts for nothing
+    old = [_frozen(0), _frozen(1), _frozen(2, genome=False, age=PENDING_SECONDS + 1)]
+    assert _census(old, 3, 3, now).n_initial == 2
+    # trial 2 (lower number) decides before trial 1 wrote its genome: 1 is predicted initial
+    assert _census([_frozen(0), _frozen(1, genome=False)], 2, 2, now).n_initial == 2
+    # later-numbered re-queued children and earlier waiting surplus trials hold places too
+    trials = [_frozen(0), _frozen(1), _frozen(2, parent=0), _frozen(3, genome=False, surplus=True),
+              _frozen(9, TrialState.WAITING, parent=1)]
+    census = _census(trials, 5, 2, now)
+    assert [t.number for t in census.earlier_children] == [2] and census.n_children == 3
+    # a trial just failed by the heartbeat keeps its place until its re-queued copy exists
+    failed = _frozen(2, TrialState.FAIL, parent=0)
+    assert _census([_frozen(0), _frozen(1), failed], 5, 2, now).n_children == 1
+    requeued = _frozen(3, TrialState.WAITING, parent=0, system={"failed_trial": 2, "retry_history": [2]})
+    assert _census([_frozen(0), _frozen(1), failed, requeued], 5, 2, now).n_children == 1
+    told = _frozen(2, TrialState.FAIL, parent=0, system={TOLD_FAIL_KEY: True})  # failed by its worker
+    assert _census([_frozen(0), _frozen(1), told], 5, 2, now).n_children == 0

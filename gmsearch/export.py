@@ -1,0 +1,252 @@
+"""Export one trained trial of a study: genome JSON, weights and a snippet that loads them.
+
+``gmsearch export --storage URL --study NAME [--trial N | --best] [--out DIR]``
+writes to ``DIR`` (default ``./<study>-trial<N>``):
+
+- ``genome.json``: the trial's genome (:meth:`gmsearch.Genome.from_json` reads it);
+- ``weights.pt``: the trained ``state_dict`` only, loadable with
+  ``torch.load(path, weights_only=True)``;
+- ``load_model.py``: rebuilds the network with :func:`gmsearch.build` and loads
+  the weights (``load_model()``; run it to classify a random input);
+- ``trial.json``: study, trial number, fitness values, accuracies, input shape.
+
+The weights come from the Optuna artifact the trial stored (the refined
+weights when :func:`gmsearch.refine` has refined that trial and
+``refined=True``). Input shape and class count come from the weights file or
+the study (user attr ``gmsearch:data``); options override them.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact
+from optuna.trial import FrozenTrial, TrialState
+
+from gmsearch.builder import build
+from gmsearch.genome import Genome
+from gmsearch.objective import WEIGHTS_KEY
+from gmsearch.refine import DATA_KEY, REFINED_PREFIX
+from gmsearch.sampler import GENOME_KEY
+from gmsearch.study import make_storage
+
+ARTIFACTS_DIR = "gmsearch_artifacts"
+
+_SNIPPET = '''"""Trial {trial} of study {study!r}, written by `gmsearch export`: rebuild it and load its weights."""
+
+from pathlib import Path
+
+import torch
+
+import gmsearch as gms
+
+HERE = Path(__file__).resolve().parent
+IN_CHANNELS, NUM_CLASSES, IMAGE_SIZE = {in_channels}, {num_classes}, ({height}, {width})
+
+
+def load_model(device: str = "cpu") -> torch.nn.Module:
+    """The trained network, in eval mode. Inputs: N x {in_channels} x {height} x {width} in [0, 1]."""
+    genome = gms.Genome.from_json((HERE / "genome.json").read_text())
+    net = gms.build(genome, in_channels=IN_CHANNELS, num_classes=NUM_CLASSES, image_size=IMAGE_SIZE)
+    net.load_state_dict(torch.load(HERE / "weights.pt", map_location=device, weights_only=True))
+    return net.to(device).eval()
+
+
+if __name__ == "__main__":
+    net = load_model()
+    x = torch.rand(1, IN_CHANNELS, *IMAGE_SIZE)  # normalisation lives inside the model
+    print("predicted class:", net(x).argmax(1).item())
+'''
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_trial` wrote."""
+
+    folder: Path
+    trial: int
+    files: list[Path]
+
+
+def _open(storage: str, study_name: str | None) -> optuna.Study:
+    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        path = Path(storage[len("sqlite:///") :])
+        if not path.is_file():
+            raise ValueError(f"storage {storage}: there is no SQLite file {path}")
+    if storage.startswith("journal:") and not Path(storage[len("journal:") :]).is_file():
+        raise ValueError(f"storage {storage}: there is no journal file {storage[len('journal:') :]}")
+    opened = make_storage(storage, heartbeat_interval=None)  # read only: no heartbeat, no retries
+    assert opened is not None
+    names = optuna.get_all_study_names(storage=opened)
+    if study_name is None:
+        if len(names) != 1:
+            raise ValueError(f"storage {storage} holds studies {sorted(names) or 'none'}; name one with --study")
+        study_name = names[0]
+    if study_name not in names:
+        raise ValueError(f"storage {storage} has no study {study_name!r}; its studies: {sorted(names) or 'none'}")
+    return optuna.load_study(study_name=study_name, storage=opened)
+
+
+def _choose(study: optuna.Study, number: int | None) -> FrozenTrial:
+    trials = study.get_trials(deepcopy=False)
+    if number is not None:
+        for t in trials:
+            if t.number == number:
+                return t
+        raise ValueError(
+            f"study {study.study_name!r} has no trial {number} "
+            f"(its trials: {f'0..{len(trials) - 1}' if trials else 'none'})"
+        )
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        raise ValueError(f"study {study.study_name!r} has no completed trial to export")
+    if len(study.directions) > 1:
+        front = sorted(t.number for t in study.best_trials)
+        raise ValueError(
+            f"study {study.study_name!r} has {len(study.directions)} objectives, so no single best trial; "
+            f"pick one of the Pareto-optimal trials {front} with --trial"
+        )
+    return study.best_trial
+
+
+def _artifact_dirs(storage: str, artifacts: str | Path | None) -> list[Path]:
+    if artifacts is not None:
+        return [Path(artifacts)]
+    dirs = []
+    for prefix in ("sqlite:///", "journal:"):
+        if storage.startswith(prefix):
+            dirs.append(Path(storage[len(prefix) :]).resolve().parent / ARTIFACTS_DIR)
+    dirs.append(Path.cwd() / ARTIFACTS_DIR)
+    return list(dict.fromkeys(dirs))
+
+
+def _download(artifact_id: str, dirs: list[Path], target: Path) -> None:
+    for folder in dirs:
+        if (folder / artifact_id).is_file():
+            download_artifact(
+                artifact_store=FileSystemArtifactStore(str(folder)), artifact_id=artifact_id, file_path=str(target)
+            )
+            return
+    tried = ", ".join(str(d) for d in dirs)
+    raise ValueError(f"weights artifact {artifact_id} not found in {tried}; pass --artifacts DIR (the study's store)")
+
+
+def _shape_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
+    """(in_channels, num_classes) read off the first conv and the last linear layer."""
+    convs = [v for v in state.values() if v.dim() == 4]
+    linears = [v for k, v in state.items() if v.dim() == 2 and k.endswith("weight")]
+    return (int(convs[0].shape[1]) if convs else None, int(linears[-1].shape[0]) if linears else None)
+
+
+def _parse_image_size(value: int | Sequence[int] | str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.lower().replace("x", ",").split(",")
+        try:
+            numbers = [int(p) for p in parts if p.strip()]
+        except ValueError:
+            raise ValueError(f"image size must be H or HxW, got {value!r}") from None
+        value = numbers
+    sizes = [value] if isinstance(value, int) else list(value)
+    if len(sizes) == 1:
+        sizes = sizes * 2
+    if len(sizes) != 2 or min(sizes) < 1:
+        raise ValueError(f"image size must be H or HxW with positive sizes, got {value!r}")
+    return sizes[0], sizes[1]
+
+
+def export_trial(
+    *,
+    storage: str,
+    study_name: str | None = None,
+    trial: int | None = None,
+    out: str | Path | None = None,
+    artifacts: str | Path | None = None,
+    refined: bool = False,
+    image_size: int | Sequence[int] | str | None = None,
+    in_channels: int | None = None,
+    num_classes: int | None = None,
+) -> ExportResult:
+    """Write ``genome.json``, ``weights.pt``, ``load_model.py`` and ``trial.json`` for one trial.
+
+    Args:
+        storage: Storage URL of the study (``sqlite:///...``, ``postgresql://...``, ``journal:FILE``).
+        study_name: The study (None: the only study in ``storage``).
+        trial: Trial number; None exports the best trial.
+        out: Folder to write (default ``./<study>-trial<N>``).
+        artifacts: The artifact store folder; default ``gmsearch_artifacts``
+            beside the SQLite/journal file, then in the current directory.
+        refined: Export the weights :func:`gmsearch.refine` stored for the trial.
+        image_size: Input height (and width) when neither the weights nor the study record it.
+        in_channels: Input channels, overriding what was recorded.
+        num_classes: Number of classes, overriding what was recorded.
+
+    Raises:
+        ValueError: unknown storage, study or trial; a trial without genome or
+            weights; weights that do not fit the rebuilt network.
+    """
+    study = _open(storage, study_name)
+    chosen = _choose(study, trial)
+    if GENOME_KEY not in chosen.system_attrs:
+        raise ValueError(f"trial {chosen.number} has no genome (state {chosen.state.name}); nothing to export")
+    genome = Genome.from_json(chosen.system_attrs[GENOME_KEY])
+    if refined:
+        record = study.user_attrs.get(f"{REFINED_PREFIX}{chosen.number}") or {}
+        artifact_id = record.get("weights")
+        if artifact_id is None:
+            raise ValueError(f"trial {chosen.number} has not been refined (see gmsearch.refine)")
+    else:
+        artifact_id = chosen.user_attrs.get(WEIGHTS_KEY)
+        if artifact_id is None:
+            raise ValueError(
+                f"trial {chosen.number} ({chosen.state.name}) has no saved weights (user attr {WEIGHTS_KEY!r}); "
+                "only trials that finished with GMObjective(..., artifact_store=DIR) have them"
+            )
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "payload.pt"
+        _download(str(artifact_id), _artifact_dirs(storage, artifacts), path)
+        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    state = payload["state_dict"] if "state_dict" in payload else payload
+    recorded: dict[str, Any] = {**(study.user_attrs.get(DATA_KEY) or {}), **payload}
+    guessed_channels, guessed_classes = _shape_from_state_dict(state)
+    shape = recorded.get("input_shape")
+    channels = in_channels or (int(shape[0]) if shape else guessed_channels)
+    classes = num_classes or recorded.get("num_classes") or guessed_classes
+    hw = _parse_image_size(image_size) or ((int(shape[1]), int(shape[2])) if shape else None)
+    if hw is None or channels is None or classes is None:
+        raise ValueError(
+            f"trial {chosen.number}: neither its weights nor the study record the input size; "
+            "pass --image-size H[xW] (and --in-channels / --num-classes if needed)"
+        )
+    net = build(genome, in_channels=channels, num_classes=int(classes), image_size=hw)
+    try:
+        net.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the weights of trial {chosen.number} do not fit the network rebuilt for input "
+            f"{channels}x{hw[0]}x{hw[1]} and {classes} classes: {exc}"
+        ) from exc
+    folder = Path(out) if out is not None else Path.cwd() / f"{study.study_name}-trial{chosen.number}"
+    folder.mkdir(parents=True, exist_ok=True)
+    files = [folder / name for name in ("genome.json", "weights.pt", "load_model.py", "trial.json")]
+    files[0].write_text(genome.to_json(indent=2) + "\n")
+    torch.save(dict(state), files[1])
+    files[2].write_text(_SNIPPET.format(
+        trial=chosen.number, study=study.study_name, in_channels=channels, num_classes=int(classes),
+        height=hw[0], width=hw[1],
+    ))
+    info = {
+        "study": study.study_name, "trial": chosen.number, "state": chosen.state.name, "values": chosen.values,
+        "clean_acc": chosen.user_attrs.get("clean_acc"), "adv_acc": chosen.user_attrs.get("adv_acc"),
+        "epochs": chosen.user_attrs.get("epochs"), "refined": refined,
+        "input_shape": [channels, hw[0], hw[1]], "num_classes": int(classes), "weights_artifact": artifact_id,
+    }
+    files[3].write_text(json.dumps(info, indent=2) + "\n")
+    return ExportResult(folder=folder, trial=chosen.number, files=files)

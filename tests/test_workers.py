@@ -1,0 +1,238 @@
+"""Many worker processes on one study: nothing lost, duplicated or left RUNNING; a killed worker's trial is retried.
+
+A cheap synthetic objective (fitness from the genome's spectrum and a short
+sleep, no training) keeps these tests fast. Workers are forked (the parent
+has already paid for importing torch; spawning four interpreters would cost
+more than the tests themselves) and never share a database connection with
+the parent: each opens its own storage. SQLite files live in /dev/shm when
+it exists (no fsync), PostgreSQL is used too when GMSEARCH_TEST_POSTGRES_URL
+is set (``.ci/run`` sets it).
+"""
+
+from __future__ import annotations
+
+import gc
+import multiprocessing as mp
+import os
+import shutil
+import signal
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import FrozenTrial, TrialState
+
+import gmsearch as gms
+from gmsearch import runner
+from gmsearch.sampler import GENOME_KEY, PARENT_KEY, SURPLUS_KEY
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+pytestmark = pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork (Linux)")
+
+S, N, D, G = 3, 2, 3.0, 2
+PLANNED = gms.n_trials_for(G, S, N)  # 15
+HEARTBEAT, GRACE = 1, 5  # seconds; a loaded 2-core CI box delays SQLite heartbeat writes by seconds
+POSTGRES_URL = os.environ.get("GMSEARCH_TEST_POSTGRES_URL")
+
+
+def _sampler() -> gms.NicheEvolutionSampler:
+    return gms.NicheEvolutionSampler(population_size=S, n_children=N, min_distance=D, generations=G, seed=3)
+
+
+def _fitness(genome: gms.Genome) -> float:
+    n_conv, n_pool, n_sconv, n_sum, n_concat = genome.spectrum()
+    return -abs(n_conv - 6) - 0.5 * abs(n_sum - 2) + 0.25 * n_pool - 0.1 * n_sconv + 0.05 * n_concat
+
+
+def _open(url: str, name: str) -> optuna.Study:
+    return gms.create_study(
+        study_name=name, storage=url, sampler=_sampler(), heartbeat_interval=HEARTBEAT, grace_period=GRACE
+    )
+
+
+def _work(url: str, name: str, seconds: float, child_seconds: float | None = None) -> None:
+    """One worker: optimise until the sampler stops the study (all generations finished)."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    study = _open(url, name)
+
+    def objective(trial: optuna.Trial) -> float:
+        genome = gms.genome_of(trial)  # prunes a surplus trial at once
+        trial.set_user_attr("pid", os.getpid())
+        is_child = trial.user_attrs[PARENT_KEY] is not None
+        time.sleep(child_seconds if is_child and child_seconds is not None else seconds)
+        return _fitness(genome)
+
+    assert runner.optimize_until_finished(study, objective)  # as `gmsearch run` workers do
+
+
+def _in_child(target: object, *args: object) -> mp.process.BaseProcess:
+    gc.collect()  # no half-dead connection objects for the child to finalise
+    process = mp.get_context("fork").Process(target=target, args=args)  # type: ignore[attr-defined]
+    process.start()
+    return process
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def url(request: pytest.FixtureRequest) -> Iterator[str]:
+    if request.param == "postgresql":
+        if not POSTGRES_URL:
+            pytest.skip("GMSEARCH_TEST_POSTGRES_URL is not set")
+        yield POSTGRES_URL
+        return
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="gmsearch-workers-", dir=shm if shm.is_dir() else None))
+    try:
+        yield f"sqlite:///{folder / 'study.db'}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _join(workers: list[mp.process.BaseProcess], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(deadline - time.monotonic(), 0.1))
+    for w in workers:
+        if w.is_alive():  # a hung worker must not outlive the test
+            w.kill()
+            w.join()
+
+
+def _start(
+    url: str, seconds: list[float], child_seconds: float | None = None
+) -> tuple[str, list[mp.process.BaseProcess]]:
+    name = f"workers-{uuid.uuid4().hex[:8]}"
+    creator = _in_child(_open, url, name)  # the parent never holds a connection across fork
+    creator.join(60)
+    assert creator.exitcode == 0
+    return name, [_in_child(_work, url, name, s, child_seconds) for s in seconds]
+
+
+def _check_finished_study(study: optuna.Study) -> list[FrozenTrial]:
+    trials = study.get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    done = [t for t in trials if t.state == TrialState.COMPLETE and GENOME_KEY in t.system_attrs]
+    initial = [t for t in done if t.user_attrs[PARENT_KEY] is None]
+    children = [t for t in done if t.user_attrs[PARENT_KEY] is not None]
+    assert (len(done), len(initial), len(children)) == (PLANNED, S, G * S * N)
+    # nothing duplicated: no trial completed twice (a retry stands in for its failed original)
+    origins = [t.system_attrs.get("failed_trial", t.number) for t in done]
+    assert len(set(origins)) == PLANNED
+    failed = {t.number for t in trials if t.state == TrialState.FAIL}
+    assert {o for o in origins if o not in {t.number for t in done}} <= failed
+    # every failed trial (here: failed by the heartbeat) was retried and its retry completed
+    retried = {n for t in done for n in t.system_attrs.get("retry_history", [])}
+    assert failed <= retried
+    # roles decided as with one worker: initial candidates far apart, every child has an earlier parent
+    for a in initial:
+        for b in initial:
+            if a.number < b.number:
+                assert gms.spectrum_distance(gms.genome_of(a), gms.genome_of(b)) >= D
+    by_number = {t.number: t for t in trials}
+    for child in children:
+        parent = by_number[child.user_attrs[PARENT_KEY]]
+        assert GENOME_KEY in parent.system_attrs and parent.number < child.system_attrs.get(
+            "failed_trial", child.number
+        )
+    # the only other trials: surplus ones started at the end, pruned without a genome
+    extra = [t for t in trials if GENOME_KEY not in t.system_attrs]
+    assert all(t.state == TrialState.PRUNED and t.system_attrs[SURPLUS_KEY] for t in extra)
+    assert len(gms.population(study)) == S
+    assert _sampler().is_finished(study)
+    return trials
+
+
+def test_four_workers_finish_every_trial_once(url: str) -> None:
+    name, workers = _start(url, [0.1, 0.1, 0.1, 0.1])
+    _join(workers)
+    assert [w.exitcode for w in workers] == [0, 0, 0, 0]
+    trials = _check_finished_study(_open(url, name))
+    assert len({t.user_attrs.get("pid") for t in trials if "pid" in t.user_attrs}) > 1, "work was shared"
+
+
+def _wait_for(study: optuna.Study, found: Callable[[FrozenTrial], bool], what: str) -> FrozenTrial:
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        hits = [t for t in study.get_trials(deepcopy=False) if found(t)]
+        if hits:
+            return hits[0]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_killed_worker_trial_is_failed_requeued_and_completed(url: str) -> None:
+    # the victim runs the initial candidates quickly, then trains its first child "forever"
+    name, (victim,) = _start(url, [0.05], child_seconds=60.0)
+    watcher = _open(url, name)
+    killed = _wait_for(
+        watcher, lambda t: t.state == TrialState.RUNNING and t.user_attrs.get("pid") == victim.pid
+        and t.user_attrs.get(PARENT_KEY) is not None, "the victim's first child",
+    )
+    others = [_in_child(_work, url, name, 0.2) for _ in range(3)]
+    _wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
+              "a trial of the other workers")
+    os.kill(victim.pid, signal.SIGKILL)  # mid-trial, while the others are busy
+    _join([victim, *others])
+    assert victim.exitcode == -signal.SIGKILL
+    assert [w.exitcode for w in others] == [0, 0, 0]
+    trials = _check_finished_study(watcher)
+    by_number = {t.number: t for t in trials}
+    assert by_number[killed.number].state == TrialState.FAIL  # failed by heartbeat
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == killed.number]
+    assert len(retries) == 1
+    retry = retries[0]
+    assert retry.state == TrialState.COMPLETE and retry.user_attrs["pid"] != victim.pid
+    assert retry.system_attrs[GENOME_KEY] == killed.system_attrs[GENOME_KEY]
+    assert retry.user_attrs[PARENT_KEY] == killed.user_attrs[PARENT_KEY]
+
+
+def test_gmsearch_run_with_two_spawned_workers(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory, caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`gmsearch run CONFIG --workers 2`: real (tiny) training in two spawned CPU workers."""
+    import torch
+
+    from gmsearch import cli
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    cache = tmp_path_factory.getbasetemp() / "gmsearch-cache"  # shared with tests/test_export_refine.py
+    config = tmp_path / "tiny.toml"
+    config.write_text(f"""
+seed = 0
+device = "cpu"
+[data]
+name = "digits"
+options = {{ image_size = 8 }}
+[reference]
+epochs = 2
+[attack]
+params = {{ eps = 0.2, alpha = 0.05, steps = 2 }}
+[search]
+population_size = 2
+n_children = 1
+generations = 1
+epochs = 1
+max_blocks = 8
+[study]
+name = "tiny"
+storage = "sqlite:///{tmp_path / 'tiny.db'}"
+artifacts = "{tmp_path / 'artifacts'}"
+cache_dir = "{cache}"
+""")
+    try:
+        assert cli.main(["run", str(config), "--workers", "2"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    assert "2 workers share SQLite storage" in caplog.text
+    study = gms.load_study(study_name="tiny", storage=f"sqlite:///{tmp_path / 'tiny.db'}")
+    done = [t for t in study.get_trials() if t.state == TrialState.COMPLETE and GENOME_KEY in t.system_attrs]
+    assert len(done) == gms.n_trials_for(1, 2, 1) == 4
+    assert not [t for t in study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    assert all("gmsearch:weights" in t.user_attrs for t in done)
+    assert "study tiny:" in capsys.readouterr().out
