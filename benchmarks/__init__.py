@@ -1,0 +1,1 @@
+"""Performance benchmarks of gmsearch (``python benchmarks/run.py [--quick] [--device cpu|cuda]``)."""

@@ -1,0 +1,86 @@
+"""(4) gmsearch + Optuna bookkeeping per trial, as a share of the trial's time (SQLite storage).
+
+A real small study: the evolution sampler, the GM objective on digits (8
+epochs per child as in the quickstart; 1 in quick mode), SQLite storage. Every call the main thread makes
+into the storage (database reads and writes) and into the sampler's hooks
+(``before_trial``, ``sample_relative``, ``after_trial`` ...) is timed; the
+objective is timed too. Bookkeeping is everything but the objective's own
+compute: trial wall time minus (objective time minus the storage calls made
+inside it, such as ``trial.report``).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from typing import Any
+
+import optuna
+from sqlalchemy import event
+
+from benchmarks import trials
+from benchmarks.common import Context, Line, at_most, log
+from gmsearch.study import make_storage
+
+SAMPLER_HOOKS = ["before_trial", "after_trial", "sample_relative", "infer_relative_search_space",
+                 "sample_independent"]
+
+
+def _wal(connection: sqlite3.Connection, _: Any) -> None:
+    """SQLite in write-ahead-log mode without an fsync per commit (still safe against corruption)."""
+    connection.execute("PRAGMA journal_mode=WAL")
+    connection.execute("PRAGMA synchronous=NORMAL")
+
+
+def _measure(ctx: Context, objective: Any, n_trials: int, *, wal: bool) -> tuple[float, float, float, float]:
+    """(wall, objective compute, storage, sampler hooks) seconds for ``n_trials`` trials."""
+    timer = trials.CallTimer()
+    storage = make_storage(f"sqlite:///{ctx.workdir / ('wal.db' if wal else 'bookkeeping.db')}")
+    assert isinstance(storage, optuna.storages.RDBStorage)
+    if wal:
+        event.listen(storage.engine, "connect", _wal)
+        storage.engine.dispose()  # pooled connections reopen with the pragmas
+    timer.instrument("storage", storage)
+    sampler = trials.sampler(ctx.seed)
+    timer.instrument("sampler", sampler, SAMPLER_HOOKS)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="bookkeeping", storage=storage, sampler=sampler, direction="maximize")
+    in_objective: dict[str, float] = {"seconds": 0.0, "storage": 0.0}
+
+    def timed_objective(trial: optuna.Trial) -> float | tuple[float, ...]:
+        before = timer.total("storage")
+        t0 = time.perf_counter()
+        try:
+            return objective(trial)
+        finally:
+            in_objective["seconds"] += time.perf_counter() - t0
+            in_objective["storage"] += timer.total("storage") - before
+
+    t0 = time.perf_counter()
+    study.optimize(timed_objective, n_trials=n_trials)
+    wall = time.perf_counter() - t0
+    compute = in_objective["seconds"] - in_objective["storage"]
+    log(
+        f"bookkeeping{' (WAL)' if wal else ''}: {n_trials} trials in {wall:.2f} s, objective compute "
+        f"{compute:.2f} s; storage {timer.total('storage'):.3f} s ({timer.calls.get('storage', 0)} calls), "
+        f"sampler hooks {timer.total('sampler'):.3f} s"
+    )
+    return wall, compute, timer.total("storage"), timer.total("sampler")
+
+
+def run(ctx: Context) -> list[Line]:
+    n_trials = 2 if ctx.quick else 6
+    objective = trials.objective(ctx, epochs=1 if ctx.quick else 8)  # full: the quickstart's 8 epochs
+    lines = []
+    for wal in (False, True):
+        wall, compute, storage, sampler = _measure(ctx, objective, n_trials, wal=wal)
+        overhead = wall - compute
+        note = (f" ({overhead / n_trials * 1e3:.0f} ms of {wall / n_trials:.2f} s per trial; storage "
+                f"{storage / n_trials * 1e3:.0f} ms, sampler hooks incl. their storage calls "
+                f"{sampler / n_trials * 1e3:.0f} ms)")
+        if wal:
+            lines.append(Line("bookkeeping_share_of_trial[sqlite WAL, synchronous=NORMAL]",
+                              f"{100 * overhead / wall:.2f}%{note}"))
+        else:
+            lines.append(at_most("bookkeeping_share_of_trial", 100 * overhead / wall, 1.0, unit="%", note=note))
+    return lines
