@@ -258,20 +258,45 @@ def _check_training(eps: float, epochs: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 2 (BatchNorm), got {batch_size}")
 
 
-def _epoch_end(
-    net: nn.Module, data: Dataset, dev: torch.device, result: TrainResult, epoch: int, epochs: int,
-    totals: Tensor, steps: int, t0: float, what: str,
-) -> None:
-    mean_loss = (totals / max(steps, 1)).item()
-    if not math.isfinite(mean_loss):
-        raise TrainingDivergedError(f"{what}: training loss became {mean_loss} at epoch {epoch}; lower the lr")
-    record = {
-        "epoch": float(epoch), "loss": mean_loss,
-        "val_acc": accuracy(net, data.val.x.to(dev), data.val.y.to(dev)),
-        "seconds": time.perf_counter() - t0,
-    }
-    result.history.append(record)
-    logger.info("%s epoch %d/%d loss %.4f val_acc %.4f", what, epoch, epochs, mean_loss, record["val_acc"])
+BatchStep = Callable[[Tensor, Tensor], Tensor]
+
+
+def _adversarial_training_loop(
+    net: nn.Module, data: Dataset, dev: torch.device, *, epochs: int, batch_size: int, seed: int,
+    batch_step: BatchStep, what: str,
+) -> TrainResult:
+    """Seeded index-slice epochs over ``data.train``; ``batch_step(xb, yb)`` trains on one
+    minibatch and returns its losses (one per optimiser step). NaN/Inf is checked once per epoch."""
+    x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
+    generator = torch.Generator().manual_seed(seed)
+    result = TrainResult(epochs=epochs)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(len(x_train), generator=generator).to(dev)
+        totals = torch.zeros((), device=dev)
+        steps = 0
+        for i in range(0, len(order), batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:  # a batch of one breaks BatchNorm statistics
+                continue
+            losses = batch_step(x_train[idx], y_train[idx])
+            totals += losses.sum()
+            steps += losses.numel()
+        mean_loss = (totals / max(steps, 1)).item()
+        if not math.isfinite(mean_loss):
+            raise TrainingDivergedError(f"{what}: training loss became {mean_loss} at epoch {epoch}; lower the lr")
+        record = {
+            "epoch": float(epoch), "loss": mean_loss,
+            "val_acc": accuracy(net, data.val.x.to(dev), data.val.y.to(dev)),
+            "seconds": time.perf_counter() - t0,
+        }
+        result.history.append(record)
+        logger.info("%s epoch %d/%d loss %.4f val_acc %.4f", what, epoch, epochs, mean_loss, record["val_acc"])
+    net.eval()
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def _optimizer(net: nn.Module, lr: float | None) -> torch.optim.Optimizer:
@@ -318,37 +343,26 @@ def free_adversarial_training(
         raise ValueError(f"replays must be >= 1, got {replays}")
     dev = resolve_device(device)
     net.to(dev)
-    x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     optimizer = _optimizer(net, lr)
-    generator = torch.Generator().manual_seed(seed)
-    delta = torch.zeros((batch_size, *x_train.shape[1:]), device=dev)
-    result = TrainResult(epochs=epochs)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(x_train), generator=generator).to(dev)
-        totals = torch.zeros((), device=dev)
-        steps = 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:
-                continue
-            xb, yb = x_train[idx], y_train[idx]
-            for _ in range(replays):
-                d = delta[: len(idx)].clone().requires_grad_(True)
-                loss = F.cross_entropy(net((xb + d).clamp(0, 1)), yb)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                assert d.grad is not None
-                optimizer.step()
-                delta[: len(idx)] = (d.detach() + eps * d.grad.sign()).clamp(-eps, eps)
-                totals += loss.detach()
-                steps += 1
-        _epoch_end(net, data, dev, result, epoch, epochs, totals, steps, t0, "free AT")
-    net.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+    delta = torch.zeros((batch_size, *data.train.x.shape[1:]), device=dev)
+
+    def batch_step(xb: Tensor, yb: Tensor) -> Tensor:
+        n = len(xb)
+        batch_losses = []
+        for _ in range(replays):
+            d = delta[:n].clone().requires_grad_(True)
+            loss = F.cross_entropy(net((xb + d).clamp(0, 1)), yb)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            assert d.grad is not None
+            optimizer.step()
+            delta[:n] = (d.detach() + eps * d.grad.sign()).clamp(-eps, eps)
+            batch_losses.append(loss.detach())
+        return torch.stack(batch_losses)
+
+    return _adversarial_training_loop(
+        net, data, dev, epochs=epochs, batch_size=batch_size, seed=seed, batch_step=batch_step, what="free AT"
+    )
 
 
 def fast_adversarial_training(
@@ -389,38 +403,23 @@ def fast_adversarial_training(
         raise ValueError(f"alpha must be > 0, got {alpha!r}")
     dev = resolve_device(device)
     net.to(dev)
-    x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     optimizer = _optimizer(net, lr)
-    generator = torch.Generator().manual_seed(seed)
     noise = torch.Generator(device=dev).manual_seed(seed)
-    result = TrainResult(epochs=epochs)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(x_train), generator=generator).to(dev)
-        totals = torch.zeros((), device=dev)
-        steps = 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:
-                continue
-            xb, yb = x_train[idx], y_train[idx]
-            delta = torch.empty_like(xb).uniform_(-eps, eps, generator=noise)
-            delta = ((xb + delta).clamp(0, 1) - xb).requires_grad_(True)
-            (grad,) = torch.autograd.grad(F.cross_entropy(net(xb + delta), yb), delta)
-            delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
-            x_adv = (xb + delta).clamp(0, 1)
-            loss = F.cross_entropy(net(x_adv), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            totals += loss.detach()
-            steps += 1
-        _epoch_end(net, data, dev, result, epoch, epochs, totals, steps, t0, "fast AT")
-    net.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+
+    def batch_step(xb: Tensor, yb: Tensor) -> Tensor:
+        delta = torch.empty_like(xb).uniform_(-eps, eps, generator=noise)
+        delta = ((xb + delta).clamp(0, 1) - xb).requires_grad_(True)
+        (grad,) = torch.autograd.grad(F.cross_entropy(net(xb + delta), yb), delta)
+        delta = (delta.detach() + step * grad.sign()).clamp(-eps, eps)
+        loss = F.cross_entropy(net((xb + delta).clamp(0, 1)), yb)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.detach().reshape(1)
+
+    return _adversarial_training_loop(
+        net, data, dev, epochs=epochs, batch_size=batch_size, seed=seed, batch_step=batch_step, what="fast AT"
+    )
 
 
 def fresh_copy(model: nn.Module, *, seed: int) -> nn.Module:
