@@ -20,7 +20,7 @@ from sqlalchemy import event
 
 from benchmarks import trials
 from benchmarks.common import Context, Line, at_most, log
-from gmsearch.study import make_storage
+from gmsearch.search.study import make_storage
 
 SAMPLER_HOOKS = ["before_trial", "after_trial", "sample_relative", "infer_relative_search_space",
                  "sample_independent"]

@@ -14,8 +14,8 @@ import torch
 
 import gmsearch as gms
 from benchmarks.common import Context, Line, at_most, interleaved, log
-from gmsearch import losses
-from gmsearch.training import train_step
+from gmsearch.training import gm_loss as losses
+from gmsearch.training.loop import train_step
 
 TARGET = 2.2
 

@@ -27,7 +27,7 @@ import torch
 import gmsearch as gms
 from benchmarks import trials
 from benchmarks.common import Context, Line, at_most
-from gmsearch.training import release_memory
+from gmsearch.training.loop import release_memory
 
 MB = 2**20
 

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import gmsearch as gms
-from gmsearch.datasets import Dataset, Split
+from gmsearch.data._loaders import Dataset, Split
 
 
 @dataclass

@@ -12,8 +12,8 @@ import torch
 
 import gmsearch as gms
 from benchmarks.common import Context
-from gmsearch import mutations
-from gmsearch.genome import Block, Genome
+from gmsearch.nets.genome import Block, Genome
+from gmsearch.search import mutations
 
 #: A small fixed child for the worker benchmark: every trial costs the same.
 SMALL_CHILD = Genome(

@@ -15,8 +15,9 @@ from dataclasses import replace
 import optuna
 
 import gmsearch as gms
-from gmsearch import mutations, zoo
-from gmsearch.genome import Genome
+from gmsearch.nets import zoo
+from gmsearch.nets.genome import Genome
+from gmsearch.search import mutations
 
 
 @mutations.register("widen_convs")

@@ -21,34 +21,55 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from gmsearch import (
+import importlib
+from typing import Any
+
+from gmsearch import attacks, evaluation
+from gmsearch import data as datasets
+from gmsearch.evaluation import EvalResult, accuracy, evaluate, fooling_rate
+from gmsearch.nets import (
+    Block,
+    Genome,
+    GenomeError,
     architectures,
-    attacks,
-    datasets,
-    fitness,
-    losses,
-    mutations,
+    build,
+    count_params,
+    estimate_flops,
     references,
-    report,
+    spectrum_distance,
     zoo,
 )
-from gmsearch.builder import build, count_params, estimate_flops
-from gmsearch.evaluation import EvalResult, accuracy, evaluate, fooling_rate
-from gmsearch.genome import Block, Genome, GenomeError, spectrum_distance
-from gmsearch.objective import GMObjective, load_trial_model
-from gmsearch.plotting import plot_architecture
 from gmsearch.plugins import load_plugin, load_plugins
-from gmsearch.refine import RefineResult, refine
-from gmsearch.sampler import (
+from gmsearch.search import (
     EpochSchedule,
+    GMObjective,
     NicheEvolutionSampler,
+    RefineResult,
+    create_study,
+    fitness,
     genome_of,
     lineage,
+    load_study,
+    load_trial_model,
+    mutations,
     n_trials_for,
     population,
+    refine,
 )
-from gmsearch.study import create_study, load_study
 from gmsearch.training import TrainingDivergedError, TrainResult, reference_gradients, train
+from gmsearch.training import gm_loss as losses
+
+# Heavy on import (plotly, the paper harness): loaded on first use.
+_LAZY = {"report": "gmsearch.report", "paper": "gmsearch.paper", "plot_architecture": "gmsearch.report.plotting"}
+
+
+def __getattr__(name: str) -> Any:
+    target = _LAZY.get(name)
+    if target is None:
+        raise AttributeError(f"module 'gmsearch' has no attribute {name!r}")
+    module = importlib.import_module(target)
+    return module if target.endswith(name) else getattr(module, name)
+
 
 __all__ = [
     "Block",
@@ -71,6 +92,7 @@ __all__ = [
     "datasets",
     "estimate_flops",
     "evaluate",
+    "evaluation",
     "fitness",
     "fooling_rate",
     "genome_of",

@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from gmsearch.report import open_study, write_report
+    from gmsearch.report._html import open_study, write_report
 
     study = open_study(args.storage, args.study)
     path = write_report(study, args.out, artifact_store=args.artifacts)
@@ -40,7 +40,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from gmsearch.export import export_trial
+    from gmsearch.report.export import export_trial
 
     result = export_trial(
         storage=args.storage, study_name=args.study, trial=args.trial, out=args.out, artifacts=args.artifacts,

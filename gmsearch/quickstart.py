@@ -20,12 +20,14 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from gmsearch import datasets, mutations, references
-from gmsearch.experiments import Row, evolved_rows, format_table, reference_gm_row, reference_row
-from gmsearch.objective import GMObjective
-from gmsearch.report import store_baseline, write_report
-from gmsearch.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.study import create_study
+from gmsearch import data as datasets
+from gmsearch.nets import references
+from gmsearch.paper.harness import Row, evolved_rows, format_table, reference_gm_row, reference_row
+from gmsearch.report._html import store_baseline, write_report
+from gmsearch.search import mutations
+from gmsearch.search.objective import GMObjective
+from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
+from gmsearch.search.study import create_study
 
 logger = logging.getLogger(__name__)
 

@@ -25,13 +25,15 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch import datasets, mutations, references
+from gmsearch import data as datasets
 from gmsearch.config import RunConfig
-from gmsearch.objective import GMObjective
+from gmsearch.nets import references
 from gmsearch.plugins import load_plugins
-from gmsearch.refine import DATA_KEY, data_description
-from gmsearch.sampler import GENOME_KEY, EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.study import create_study
+from gmsearch.search import mutations
+from gmsearch.search.objective import GMObjective
+from gmsearch.search.refinement import DATA_KEY, data_description
+from gmsearch.search.sampler import GENOME_KEY, EpochSchedule, NicheEvolutionSampler, n_trials_for
+from gmsearch.search.study import create_study
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from gmsearch import architectures
+from gmsearch.nets import architectures
 
 BUILTIN = ("resnet18", "resnet34", "vgg11_bn", "vgg16_bn", "densenet121", "squeezenet1_1")
 

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmsearch import mutations, zoo
-from gmsearch.builder import (
+from gmsearch.nets import zoo
+from gmsearch.nets.builder import (
     GenomeNet,
     build,
     count_params,
@@ -20,7 +20,8 @@ from gmsearch.builder import (
     estimate_params,
     infer_shapes,
 )
-from gmsearch.genome import Block, Genome
+from gmsearch.nets.genome import Block, Genome
+from gmsearch.search import mutations
 
 BUDGET = mutations.SizeBudget(max_blocks=14, max_params=400_000, in_channels=3, num_classes=10, image_size=32)
 

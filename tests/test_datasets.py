@@ -22,8 +22,8 @@ import numpy as np
 import pytest
 import torch
 
-from gmsearch import datasets
-from gmsearch.datasets import Dataset, DatasetNotFoundError, RawData, Split
+from gmsearch import data as datasets
+from gmsearch.data._loaders import Dataset, DatasetNotFoundError, RawData, Split
 from gmsearch.registry import UnknownPluginError
 
 SHARED_DATA = Path("/work/shared/data")

@@ -13,14 +13,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gmsearch as gms
-from gmsearch.attribution import (
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.evaluation.attribution import (
     attribution_figure,
     integrated_gradients,
     normalize_maps,
     total_pixel_distance,
     write_attribution_png,
 )
-from gmsearch.defenses import (
+from gmsearch.nets.references import FrozenReference
+from gmsearch.training.defenses import (
     BilateralDefense,
     JPEGDefense,
     adversarially_trained_copy,
@@ -29,8 +31,6 @@ from gmsearch.defenses import (
     free_adversarial_training,
     jpeg_compress,
 )
-from gmsearch.evaluation import accuracy
-from gmsearch.references import FrozenReference
 
 
 @pytest.fixture(scope="module", autouse=True)

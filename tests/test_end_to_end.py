@@ -11,8 +11,8 @@ import torch
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch.objective import FAIL_KEY, WEIGHTS_KEY
 from gmsearch.quickstart import run_quickstart
+from gmsearch.search.objective import FAIL_KEY, WEIGHTS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

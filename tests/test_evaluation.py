@@ -14,10 +14,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gmsearch as gms
-from gmsearch import experiments as ex
-from gmsearch.attacks import AdversarialSet
-from gmsearch.datasets import Split
-from gmsearch.evaluation import (
+from gmsearch.attacks._base import AdversarialSet
+from gmsearch.data._loaders import Split
+from gmsearch.evaluation._metrics import (
     EvalResult,
     accuracy,
     attack_success_rate,
@@ -27,6 +26,7 @@ from gmsearch.evaluation import (
     gradient_masking_checks,
     transfer_matrix,
 )
+from gmsearch.paper import harness as ex
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -15,9 +15,9 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch import cli
-from gmsearch.objective import WEIGHTS_KEY
-from gmsearch.refine import DATA_KEY, REFINED_PREFIX, data_description
-from gmsearch.sampler import GENOME_KEY
+from gmsearch.search.objective import WEIGHTS_KEY
+from gmsearch.search.refinement import DATA_KEY, REFINED_PREFIX, data_description
+from gmsearch.search.sampler import GENOME_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

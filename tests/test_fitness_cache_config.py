@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from gmsearch import cache, config, fitness
+from gmsearch import cache, config
+from gmsearch.search import fitness
 
 
 def test_fitness_plugins() -> None:

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmsearch import mutations, zoo
-from gmsearch.genome import (
+from gmsearch.nets import zoo
+from gmsearch.nets.genome import (
     BLOCK_KINDS,
     DEFAULT_HEAD,
     SCHEMA_VERSION,
@@ -20,6 +20,7 @@ from gmsearch.genome import (
     GenomeError,
     spectrum_distance,
 )
+from gmsearch.search import mutations
 
 
 def conv(src: int, ch: int = 8, k: int = 3) -> Block:

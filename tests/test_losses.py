@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmsearch import losses
+from gmsearch.training import gm_loss as losses
 
 
 def _net(seed: int, channels: int = 1) -> nn.Module:

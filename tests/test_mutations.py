@@ -13,9 +13,10 @@ from deap import base
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gmsearch import mutations, zoo
-from gmsearch.builder import build, estimate_params
-from gmsearch.genome import Block, Genome, spectrum_distance
+from gmsearch.nets import zoo
+from gmsearch.nets.builder import build, estimate_params
+from gmsearch.nets.genome import Block, Genome, spectrum_distance
+from gmsearch.search import mutations
 
 BUILTIN = [
     "add_conv", "edit_conv", "delete_conv",

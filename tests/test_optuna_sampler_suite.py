@@ -28,7 +28,7 @@ from optuna.testing.pytest_samplers import (
 )
 
 import gmsearch as gms
-from gmsearch.sampler import GENOME_KEY, SPECTRUM_PARAMS
+from gmsearch.search.sampler import GENOME_KEY, SPECTRUM_PARAMS
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -18,7 +18,7 @@ from optuna.artifacts import FileSystemArtifactStore
 
 import gmsearch as gms
 from gmsearch import cli, report
-from gmsearch.experiments import Row
+from gmsearch.paper.harness import Row
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

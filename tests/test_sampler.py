@@ -12,7 +12,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch.sampler import (
+from gmsearch.search.sampler import (
     GENOME_KEY,
     PARENT_KEY,
     PENDING_SECONDS,

@@ -23,8 +23,8 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch import config, runner
-from gmsearch.sampler import GENERATION_KEY, GENOME_KEY, PARENT_KEY, REPLACED_KEY
-from gmsearch.study import make_storage
+from gmsearch.search.sampler import GENERATION_KEY, GENOME_KEY, PARENT_KEY, REPLACED_KEY
+from gmsearch.search.study import make_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmsearch as gms
-from gmsearch import losses, training
-from gmsearch.datasets import Dataset, Split
-from gmsearch.training import TrainingDivergedError, train, train_step
+from gmsearch.data._loaders import Dataset, Split
+from gmsearch.training import gm_loss as losses
+from gmsearch.training import loop as training
+from gmsearch.training.loop import TrainingDivergedError, train, train_step
 
 
 def _split(n: int, seed: int, size: int = 8) -> Split:

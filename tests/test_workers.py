@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import gmsearch as gms
 from gmsearch import runner
-from gmsearch.sampler import GENOME_KEY, PARENT_KEY, SURPLUS_KEY
+from gmsearch.search.sampler import GENOME_KEY, PARENT_KEY, SURPLUS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -9,10 +9,11 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from gmsearch import mutations, zoo
-from gmsearch.builder import build
-from gmsearch.genome import Block, Genome
-from gmsearch.plotting import plot_architecture
+from gmsearch.nets import zoo
+from gmsearch.nets.builder import build
+from gmsearch.nets.genome import Block, Genome
+from gmsearch.report.plotting import plot_architecture
+from gmsearch.search import mutations
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -52,9 +52,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmsearch.datasets import Dataset
-from gmsearch.evaluation import accuracy
-from gmsearch.training import TrainingDivergedError, TrainResult, resolve_device
+from gmsearch.data._loaders import Dataset
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.training.loop import TrainingDivergedError, TrainResult, resolve_device
 
 logger = logging.getLogger(__name__)
 

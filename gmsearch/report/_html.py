@@ -45,11 +45,11 @@ from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from gmsearch import __version__
-from gmsearch.experiments import Row
-from gmsearch.genome import Genome, GenomeError
-from gmsearch.objective import FAIL_KEY
-from gmsearch.plotting import plot_architecture
-from gmsearch.sampler import (
+from gmsearch.nets.genome import Genome, GenomeError
+from gmsearch.paper.harness import Row
+from gmsearch.report.plotting import plot_architecture
+from gmsearch.search.objective import FAIL_KEY
+from gmsearch.search.sampler import (
     ARCH_KEY,
     CONFIG_KEY,
     GENERATION_KEY,
@@ -59,7 +59,7 @@ from gmsearch.sampler import (
     genome_of,
     population,
 )
-from gmsearch.study import make_storage
+from gmsearch.search.study import make_storage
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from gmsearch.genome import Block, Genome
+from gmsearch.nets.genome import Block, Genome
 
 _HEAD = (Block("fc", units=128),)
 

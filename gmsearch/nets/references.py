@@ -17,11 +17,12 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from gmsearch import architectures, cache, zoo
-from gmsearch.builder import build
-from gmsearch.datasets import Dataset
-from gmsearch.evaluation import accuracy
-from gmsearch.training import resolve_device, train
+from gmsearch import cache
+from gmsearch.data._loaders import Dataset
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.nets import architectures, zoo
+from gmsearch.nets.builder import build
+from gmsearch.training.loop import resolve_device, train
 
 logger = logging.getLogger(__name__)
 

@@ -39,8 +39,8 @@ from dataclasses import dataclass, replace
 
 from deap import base
 
-from gmsearch.builder import estimate_params
-from gmsearch.genome import DEFAULT_HEAD, POOL_TYPES, SPECTRUM_KINDS, Block, Genome, spectrum_distance
+from gmsearch.nets.builder import estimate_params
+from gmsearch.nets.genome import DEFAULT_HEAD, POOL_TYPES, SPECTRUM_KINDS, Block, Genome, spectrum_distance
 from gmsearch.registry import Registry
 
 MutationOp = Callable[[Genome, random.Random], Genome]

@@ -27,11 +27,11 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial
 from torch import nn
 
-from gmsearch.evaluation import accuracy
-from gmsearch.genome import Genome
-from gmsearch.objective import GMObjective, load_trial_model
-from gmsearch.sampler import _seed_for, genome_of, population
-from gmsearch.training import TrainingDivergedError, train
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.nets.genome import Genome
+from gmsearch.search.objective import GMObjective, load_trial_model
+from gmsearch.search.sampler import _seed_for, genome_of, population
+from gmsearch.training.loop import TrainingDivergedError, train
 
 logger = logging.getLogger(__name__)
 

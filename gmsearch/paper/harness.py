@@ -45,18 +45,11 @@ import torch.nn.functional as F
 from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
-from gmsearch import attacks, cache, datasets, mutations, references
-from gmsearch.attacks import AdversarialSet, adversarial_set
-from gmsearch.builder import build
-from gmsearch.datasets import Dataset, Split
-from gmsearch.defenses import (
-    BilateralDefense,
-    JPEGDefense,
-    fast_adversarial_training,
-    free_adversarial_training,
-    fresh_copy,
-)
-from gmsearch.evaluation import (
+from gmsearch import attacks, cache
+from gmsearch import data as datasets
+from gmsearch.attacks._base import AdversarialSet, adversarial_set
+from gmsearch.data._loaders import Dataset, Split
+from gmsearch.evaluation._metrics import (
     EvalResult,
     MaskingReport,
     TransferMatrix,
@@ -66,11 +59,21 @@ from gmsearch.evaluation import (
     predict,
     transfer_matrix,
 )
-from gmsearch.genome import Genome
-from gmsearch.objective import GMObjective, load_trial_model
-from gmsearch.sampler import EpochSchedule, NicheEvolutionSampler, genome_of, n_trials_for, population
-from gmsearch.study import create_study
-from gmsearch.training import resolve_device, train
+from gmsearch.nets import references
+from gmsearch.nets.builder import build
+from gmsearch.nets.genome import Genome
+from gmsearch.search import mutations
+from gmsearch.search.objective import GMObjective, load_trial_model
+from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, genome_of, n_trials_for, population
+from gmsearch.search.study import create_study
+from gmsearch.training.defenses import (
+    BilateralDefense,
+    JPEGDefense,
+    fast_adversarial_training,
+    free_adversarial_training,
+    fresh_copy,
+)
+from gmsearch.training.loop import resolve_device, train
 
 logger = logging.getLogger(__name__)
 
@@ -702,7 +705,7 @@ class Experiment:
     def _refined(self, top: int) -> dict[int, nn.Module]:
         from optuna.artifacts import download_artifact
 
-        from gmsearch.refine import refine
+        from gmsearch.search.refinement import refine
 
         epochs = self.settings.refine_epochs
         self.log(f"refining the top {top} candidates for {epochs} GM epochs (stored on the study; reused)")
@@ -1195,7 +1198,7 @@ def fig3(
     averaged over them and the first ``n_show`` are drawn. Writes
     ``fig3_attributions.html`` (plotly, self-contained) and ``.png`` (matplotlib).
     """
-    from gmsearch.attribution import (
+    from gmsearch.evaluation.attribution import (
         attribution_figure,
         integrated_gradients,
         total_pixel_distance,

@@ -73,8 +73,8 @@ from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch import mutations
-from gmsearch.genome import Genome, spectrum_distance
+from gmsearch.nets.genome import Genome, spectrum_distance
+from gmsearch.search import mutations
 
 logger = logging.getLogger(__name__)
 

@@ -30,12 +30,12 @@ import torch
 from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch.builder import build
-from gmsearch.genome import Genome
-from gmsearch.objective import WEIGHTS_KEY
-from gmsearch.refine import DATA_KEY, REFINED_PREFIX
-from gmsearch.sampler import GENOME_KEY
-from gmsearch.study import make_storage
+from gmsearch.nets.builder import build
+from gmsearch.nets.genome import Genome
+from gmsearch.search.objective import WEIGHTS_KEY
+from gmsearch.search.refinement import DATA_KEY, REFINED_PREFIX
+from gmsearch.search.sampler import GENOME_KEY
+from gmsearch.search.study import make_storage
 
 ARTIFACTS_DIR = "gmsearch_artifacts"
 

@@ -28,14 +28,14 @@ from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_
 from torch import nn
 
 from gmsearch import attacks, cache
-from gmsearch import fitness as fitness_plugins
-from gmsearch.attacks import AdversarialSet, adversarial_set
-from gmsearch.builder import build, count_params
-from gmsearch.datasets import Dataset
-from gmsearch.evaluation import accuracy
-from gmsearch.genome import Genome
-from gmsearch.sampler import EPOCHS_KEY, _seed_for, genome_of
-from gmsearch.training import TrainingDivergedError, reference_gradients, resolve_device, train
+from gmsearch.attacks._base import AdversarialSet, adversarial_set
+from gmsearch.data._loaders import Dataset
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.nets.builder import build, count_params
+from gmsearch.nets.genome import Genome
+from gmsearch.search import fitness as fitness_plugins
+from gmsearch.search.sampler import EPOCHS_KEY, _seed_for, genome_of
+from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
 

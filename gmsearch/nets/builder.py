@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gmsearch.genome import Genome
+from gmsearch.nets.genome import Genome
 
 #: Largest spatial grid kept by the head's adaptive pooling, per dimension.
 HEAD_GRID = 4

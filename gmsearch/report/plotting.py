@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from gmsearch.genome import Genome
+from gmsearch.nets.genome import Genome
 
 _KIND_COLOURS: dict[str, str] = {
     "input": "#7f7f7f",

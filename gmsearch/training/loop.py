@@ -35,9 +35,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmsearch import cache, losses
-from gmsearch.datasets import Dataset, Split
-from gmsearch.evaluation import accuracy
+from gmsearch import cache
+from gmsearch.data._loaders import Dataset, Split
+from gmsearch.evaluation._metrics import accuracy
+from gmsearch.training import gm_loss as losses
 
 logger = logging.getLogger(__name__)
 

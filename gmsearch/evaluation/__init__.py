@@ -1,0 +1,35 @@
+"""Evaluation: accuracies, both fooling rates, the transfer matrix, gradient-masking checks and attributions."""
+
+from __future__ import annotations
+
+from gmsearch.evaluation import attribution
+from gmsearch.evaluation._metrics import (
+    EvalResult,
+    MaskingReport,
+    TransferMatrix,
+    accuracy,
+    attack_success_rate,
+    default_eps_grid,
+    evaluate,
+    fooling_rate,
+    fooling_rate_from_predictions,
+    gradient_masking_checks,
+    predict,
+    transfer_matrix,
+)
+
+__all__ = [
+    "EvalResult",
+    "MaskingReport",
+    "TransferMatrix",
+    "accuracy",
+    "attack_success_rate",
+    "attribution",
+    "default_eps_grid",
+    "evaluate",
+    "fooling_rate",
+    "fooling_rate_from_predictions",
+    "gradient_masking_checks",
+    "predict",
+    "transfer_matrix",
+]

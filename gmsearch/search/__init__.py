@@ -1,0 +1,27 @@
+"""Search: Algorithm 1 as an Optuna sampler, the GM objective, fitness and mutation plugins, studies,
+and refinement of the final population."""
+
+from __future__ import annotations
+
+from gmsearch.search import fitness, mutations
+from gmsearch.search.objective import GMObjective, load_trial_model
+from gmsearch.search.refinement import RefineResult, refine
+from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, genome_of, lineage, n_trials_for, population
+from gmsearch.search.study import create_study, load_study
+
+__all__ = [
+    "EpochSchedule",
+    "GMObjective",
+    "NicheEvolutionSampler",
+    "RefineResult",
+    "create_study",
+    "fitness",
+    "genome_of",
+    "lineage",
+    "load_study",
+    "load_trial_model",
+    "mutations",
+    "n_trials_for",
+    "population",
+    "refine",
+]
