@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gmsearch.paper import harness as ex
+from gmsearch import paper as ex
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from gmsearch.report._html import open_study, write_report
+    from gmsearch.report._html import write_report
+    from gmsearch.search.study import open_study
 
     study = open_study(args.storage, args.study)
     path = write_report(study, args.out, artifact_store=args.artifacts)

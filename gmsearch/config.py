@@ -7,9 +7,11 @@ Example ``study.toml``::
     plugins = []               # plugin folders (names or paths) to load
 
     [data]
-    name = "digits"            # any registered dataset: digits, mnist, cifar10, npz, ...
+    name = "digits"            # any registered dataset: digits, mnist, cifar10, npz, ... or a .npz path
     reduced = false            # the paper's reduced protocol (1,000 / 100 images per class)
     val_fraction = 0.1
+    image_size = 16            # resize to this size (digits are rendered at it); default: as loaded
+    max_train_per_class = 150  # cap per class for quick runs; default: no cap
     options = {}               # extra loader arguments, e.g. { path = "data.npz" }
 
     [reference]
@@ -18,7 +20,7 @@ Example ``study.toml``::
 
     [attack]
     name = "pgd_linf"
-    params = { eps = 0.2, alpha = 0.05, steps = 10 }
+    params = {}                # overrides of the dataset's default budget (grey: eps 0.2; RGB: 8/255)
 
     [training]
     lam = 1.0                  # weight of the GM loss (eq. 2)
@@ -38,16 +40,20 @@ Example ``study.toml``::
     epochs = 20                # paper: 20 ...
     epochs_step = 5            # ... +5 ...
     epochs_every = 10          # ... every 10 generations
-    max_blocks = 20
+    max_blocks = 20            # size budget of evolved genomes
+    max_params = 0             # parameter budget (0: none)
 
     [study]
     name = "gmsearch"
     storage = "sqlite:///gmsearch.db"
+    artifacts = ""             # trial weights; default: gmsearch_artifacts beside the SQLite file
 """
 
 from __future__ import annotations
 
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -63,6 +69,9 @@ class DataConfig:
     root: str | None = None
     reduced: bool = False
     val_fraction: float = 0.1
+    image_size: int | None = None
+    max_train_per_class: int | None = None
+    max_test_per_class: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -104,6 +113,7 @@ class SearchConfig:
     epochs_step: int = 5
     epochs_every: int = 10
     max_blocks: int = 20
+    max_params: int | None = None
     mutations: list[str] = field(default_factory=list)
 
 
@@ -111,7 +121,7 @@ class SearchConfig:
 class StudyConfig:
     name: str = "gmsearch"
     storage: str = "sqlite:///gmsearch.db"
-    artifacts: str = "gmsearch_artifacts"
+    artifacts: str | None = None
     cache_dir: str | None = None
 
 
@@ -144,27 +154,48 @@ _SECTION_TYPES: dict[str, type[Any]] = {
 }
 
 
+#: Lower bounds of numeric settings: (section, key, smallest allowed value).
+_AT_LEAST: tuple[tuple[str, str, float], ...] = (
+    ("top level", "workers", 1),
+    ("data", "image_size", 4), ("data", "max_train_per_class", 1), ("data", "max_test_per_class", 1),
+    ("reference", "epochs", 1),
+    ("training", "lam", 0.0), ("training", "batch_size", 2),
+    ("search", "population_size", 1), ("search", "n_children", 1), ("search", "min_distance", 0.0),
+    ("search", "generations", 1), ("search", "epochs", 1), ("search", "epochs_step", 0),
+    ("search", "epochs_every", 1), ("search", "max_blocks", 2), ("search", "max_params", 0),
+)
+
+
+def _allowed(hint: Any) -> tuple[type, ...]:
+    """The runtime types a field's annotation allows (``None`` left out: TOML has no null)."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return tuple(a for arg in typing.get_args(hint) for a in _allowed(arg))
+    origin = typing.get_origin(hint) or hint
+    return () if origin is type(None) else (origin,)
+
+
+def _check_value(where: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
+             list: "a list", dict: "a table"}
+    wanted = " or ".join(dict.fromkeys(names.get(a, a.__name__) for a in allowed))
+    if isinstance(value, bool) and bool not in allowed:
+        raise ConfigError(f"[{where}] {key} must be {wanted}, got {value!r}")
+    if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+        return value if int in allowed else float(value)
+    if not isinstance(value, allowed):
+        raise ConfigError(f"[{where}] {key} must be {wanted}, got {value!r}")
+    return value
+
+
 def _fill(cls: type[Any], values: dict[str, Any], where: str) -> Any:
     allowed = {f.name: f for f in fields(cls)}
     unknown = sorted(set(values) - set(allowed))
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown} in [{where}]; allowed: {sorted(allowed)}")
+    hints = typing.get_type_hints(cls)
     obj = cls()
     for key, value in values.items():
-        default = getattr(obj, key)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"[{where}] {key} must be true or false, got {value!r}")
-        if isinstance(default, int | float) and not isinstance(default, bool):
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                if not (key == "lr" and value == "default"):
-                    raise ConfigError(f"[{where}] {key} must be a number, got {value!r}")
-            if isinstance(default, int) and isinstance(value, float) and key != "lr":
-                raise ConfigError(f"[{where}] {key} must be an integer, got {value!r}")
-        if isinstance(default, dict) and not isinstance(value, dict):
-            raise ConfigError(f"[{where}] {key} must be a table, got {value!r}")
-        if isinstance(default, list) and not isinstance(value, list):
-            raise ConfigError(f"[{where}] {key} must be a list, got {value!r}")
-        setattr(obj, key, value)
+        setattr(obj, key, _check_value(where, key, value, _allowed(hints[key])))
     return obj
 
 
@@ -178,11 +209,18 @@ def parse(values: dict[str, Any]) -> RunConfig:
             if not isinstance(values[name], dict):
                 raise ConfigError(f"[{name}] must be a table")
             setattr(cfg, name, _fill(cls, values[name], name))
-    if cfg.workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {cfg.workers}")
+    for where, key, low in _AT_LEAST:
+        section = cfg if where == "top level" else getattr(cfg, where)
+        value = getattr(section, key)
+        if value is not None and value < low:
+            raise ConfigError(f"[{where}] {key} must be >= {low}, got {value}")
+    if not 0.0 < cfg.data.val_fraction < 1.0:
+        raise ConfigError(f"[data] val_fraction must be in (0, 1), got {cfg.data.val_fraction}")
     k = cfg.search.mutations_per_child
     if len(k) != 2 or k[0] < 1 or k[1] < k[0]:
         raise ConfigError(f"[search] mutations_per_child must be [lo, hi] with 1 <= lo <= hi, got {k}")
+    if isinstance(cfg.training.lr, str) and cfg.training.lr != "default":
+        raise ConfigError(f"[training] lr must be a number or \"default\", got {cfg.training.lr!r}")
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {cfg.device!r}")
     return cfg

@@ -20,19 +20,13 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from gmsearch import data as datasets
-from gmsearch.nets import references
-from gmsearch.paper.harness import Row, evolved_rows, format_table, reference_gm_row, reference_row
+from gmsearch import config, pipeline
 from gmsearch.report._html import store_baseline, write_report
-from gmsearch.search import mutations
-from gmsearch.search.objective import GMObjective
-from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.search.study import create_study
+from gmsearch.runner import optimize_until_finished
+from gmsearch.search.baselines import Row, evolved_rows, format_table, reference_gm_row, reference_row
+from gmsearch.search.sampler import n_trials_for
 
 logger = logging.getLogger(__name__)
-
-#: L-inf PGD budget for grey digits (DESIGN.md: eps 0.2 discriminates here).
-DIGITS_ATTACK = {"eps": 0.2, "alpha": 0.05, "steps": 10}
 
 
 @dataclass
@@ -71,32 +65,36 @@ def run_quickstart(
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else work / ".gmsearch_cache"
-
+    cfg = config.parse({  # the preset; every other value is config.py's default
+        "seed": seed, "device": device or "auto",
+        "data": {"name": "digits", "image_size": image_size},
+        "reference": {"name": "hand_a", "epochs": reference_epochs},
+        "attack": {"name": "pgd_linf", "params": {"steps": attack_steps}},
+        "training": {"lam": lam},
+        "search": {
+            "population_size": population_size, "n_children": n_children, "generations": generations,
+            "epochs": epochs, "max_blocks": 12, "max_params": max_params,
+        },
+        "study": {
+            "name": study_name, "storage": f"sqlite:///{(work / 'gmsearch_quickstart.db').resolve()}",
+            "artifacts": str(work / "gmsearch_artifacts"), "cache_dir": str(cache),
+        },
+    })
+    pipeline.check(cfg)
+    dev = pipeline.device_for(cfg)
     print(f"[1/5] loading scikit-learn digits ({image_size}x{image_size}, grey)")
-    data = datasets.load("digits", seed=seed, device=device, image_size=image_size)
+    data = pipeline.load_data(cfg, device=dev)
     print(f"      train {len(data.train)} / val {len(data.val)} / test {len(data.test)} images")
     print(f"[2/5] reference hand_a ({reference_epochs} epochs, cached in {cache})")
-    ref = references.get("hand_a", data, epochs=reference_epochs, seed=seed, device=device, cache_dir=cache)
+    ref = pipeline.make_reference(cfg, data, device=dev)
     print("[3/5] adversarial sets and reference gradients (cached)")
-    objective = GMObjective(
-        data, reference=ref, attack="pgd_linf", attack_params={**DIGITS_ATTACK, "steps": attack_steps}, lam=lam,
-        epochs=epochs, device=device, cache_dir=cache, seed=seed, artifact_store=work / "gmsearch_artifacts",
-    )
-    sampler = NicheEvolutionSampler(
-        population_size=population_size, n_children=n_children, min_distance=4.0,
-        mutations_per_child=(4, 5), epoch_schedule=EpochSchedule(base=epochs, step=2, every=10), seed=seed,
-        budget=mutations.SizeBudget(
-            max_blocks=12, max_params=max_params, in_channels=1, num_classes=10, image_size=image_size
-        ),
-    )
-    study = create_study(
-        study_name=study_name, storage=f"sqlite:///{(work / 'gmsearch_quickstart.db').resolve()}",
-        sampler=sampler,
-    )
+    objective = pipeline.make_objective(cfg, data, ref, device=dev)
+    sampler = pipeline.make_sampler(cfg, data)
+    study = pipeline.make_study(cfg, sampler, objective)
     live = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE]
     done_generations = max(0, (len(live) - population_size) // (population_size * n_children))
-    target = n_trials_for(done_generations + generations, population_size, n_children)
-    n_trials = max(target - len(live), 0)
+    sampler.generations = done_generations + generations  # each run adds `generations`
+    n_trials = max(n_trials_for(sampler.generations, population_size, n_children) - len(live), 0)
     print(
         f"[4/5] evolving: population {population_size} x {n_children} children, generations "
         f"{done_generations + 1}..{done_generations + generations} ({n_trials} trials; {len(live)} stored)"
@@ -107,7 +105,7 @@ def run_quickstart(
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         logging.getLogger("gmsearch").setLevel(logging.WARNING)
     try:
-        study.optimize(objective, n_trials=n_trials, show_progress_bar=show_progress_bar)
+        optimize_until_finished(study, objective, show_progress_bar=show_progress_bar)
     finally:
         optuna.logging.set_verbosity(verbosity)
 

@@ -25,63 +25,19 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch import data as datasets
+from gmsearch import pipeline
 from gmsearch.config import RunConfig
-from gmsearch.nets import references
-from gmsearch.plugins import load_plugins
-from gmsearch.search import mutations
 from gmsearch.search.objective import GMObjective
-from gmsearch.search.refinement import DATA_KEY, data_description
-from gmsearch.search.sampler import GENOME_KEY, EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.search.study import create_study
+from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
+from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY
 
 logger = logging.getLogger(__name__)
 
 
-def _device_for(cfg: RunConfig, worker: int) -> str | None:
-    if cfg.device != "auto":
-        return cfg.device
-    if torch.cuda.is_available():
-        return f"cuda:{worker % torch.cuda.device_count()}"
-    return "cpu"
-
-
 def build(cfg: RunConfig, *, worker: int = 0) -> tuple[optuna.Study, GMObjective, int]:
-    """Study, objective and the total number of trials for ``cfg``."""
-    load_plugins(cfg.plugins)
-    device = _device_for(cfg, worker)
-    data = datasets.load(
-        cfg.data.name, root=cfg.data.root, reduced=cfg.data.reduced, val_fraction=cfg.data.val_fraction,
-        seed=cfg.seed, device=device, **cfg.data.options,
-    )
-    ref = references.get(
-        cfg.reference.name, data, arch=cfg.reference.arch, epochs=cfg.reference.epochs, seed=cfg.seed,
-        device=device, cache_dir=cfg.study.cache_dir,
-    )
-    objective = GMObjective(
-        data, reference=ref, attack=cfg.attack.name, attack_params=cfg.attack.params,
-        lam=cfg.training.lam, loss=cfg.training.loss, fitness=cfg.fitness.name,
-        fitness_params=cfg.fitness.params, epochs=cfg.search.epochs, batch_size=cfg.training.batch_size,
-        lr=cfg.learning_rate, device=device, cache_dir=cfg.study.cache_dir, seed=cfg.seed,
-        artifact_store=cfg.study.artifacts,
-    )
-    s = cfg.search
-    sampler = NicheEvolutionSampler(
-        population_size=s.population_size, n_children=s.n_children, min_distance=s.min_distance,
-        mutations_per_child=(s.mutations_per_child[0], s.mutations_per_child[1]),
-        generations=s.generations,
-        epoch_schedule=EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every),
-        mutation_names=s.mutations or None, budget=mutations.SizeBudget(max_blocks=s.max_blocks),
-        seed=cfg.seed,
-    )
-    two = objective.n_objectives > 1
-    study = create_study(
-        study_name=cfg.study.name, storage=cfg.study.storage, sampler=sampler,
-        directions=["maximize", "maximize"] if two else None,
-    )
-    if DATA_KEY not in study.user_attrs:  # what `gmsearch export` needs to rebuild the networks
-        study.set_user_attr(DATA_KEY, data_description(objective))
-    return study, objective, n_trials_for(s.generations, s.population_size, s.n_children)
+    """Study, objective and the total number of trials for ``cfg`` (see :func:`gmsearch.pipeline.assemble`)."""
+    built = pipeline.assemble(cfg, worker=worker)
+    return built.study, built.objective, built.n_trials
 
 
 class _Progress:
@@ -98,8 +54,8 @@ class _Progress:
         self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
         if self.failures >= self.limit:
             logger.error(
-                "the last %d trials of this worker failed (see the user attr gmsearch:fail_reason); stopping it",
-                self.failures,
+                "the last %d trials of this worker failed (see the user attr %s); stopping it",
+                self.failures, FAIL_REASON_KEY,
             )
             self.tripped = True
             study.stop()
@@ -175,7 +131,7 @@ def _spawned(cfg_dict: dict[str, Any], worker: int, workers: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(levelname)s %(name)s: %(message)s")
     cfg = config.parse(cfg_dict)
-    if _device_for(cfg, worker) == "cpu":  # share the cores instead of oversubscribing them
+    if pipeline.device_for(cfg, worker) == "cpu":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     run_worker(cfg, worker, show_progress_bar=False)
 

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gmsearch as gms
-from gmsearch.evaluation._metrics import accuracy
+from gmsearch.evaluation import accuracy
 from gmsearch.evaluation.attribution import (
     attribution_figure,
     integrated_gradients,

@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch.quickstart import run_quickstart
-from gmsearch.search.objective import FAIL_KEY, WEIGHTS_KEY
+from gmsearch.search.schema import FAIL_REASON_KEY, WEIGHTS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -99,5 +99,5 @@ def test_a_diverging_child_fails_alone(setup: tuple[gms.GMObjective, Path], monk
         study.optimize(objective, n_trials=1)
     study.optimize(objective, n_trials=1)
     failed, ok = study.get_trials()
-    assert failed.state == TrialState.FAIL and "diverged" in failed.user_attrs[FAIL_KEY]
+    assert failed.state == TrialState.FAIL and "diverged" in failed.user_attrs[FAIL_REASON_KEY]
     assert ok.state == TrialState.COMPLETE

@@ -14,9 +14,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 import gmsearch as gms
+from gmsearch import paper as ex
 from gmsearch.attacks._base import AdversarialSet
 from gmsearch.data._loaders import Split
-from gmsearch.evaluation._metrics import (
+from gmsearch.evaluation import (
     EvalResult,
     accuracy,
     attack_success_rate,
@@ -26,7 +27,6 @@ from gmsearch.evaluation._metrics import (
     gradient_masking_checks,
     transfer_matrix,
 )
-from gmsearch.paper import harness as ex
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -239,7 +239,7 @@ def test_settings_quick_defaults_and_overrides() -> None:
     assert not full.quick and full.generations == ex.FULL["generations"] and full.image_size is None
     assert full.label() == "digits" and quick.label() == "digits@8px"
     assert ex.dataset_label("/a/b/cifar10_reduced.npz") == "cifar10_reduced"
-    assert ex._paper_dataset("fashion_mnist") == "FMNIST" and ex._paper_dataset("/x/mnist.npz") == "MNIST"
+    assert ex.paper_dataset("fashion_mnist") == "FMNIST" and ex.paper_dataset("/x/mnist.npz") == "MNIST"
 
 
 def test_load_data_resizes_and_caps_per_class() -> None:
@@ -247,5 +247,5 @@ def test_load_data_resizes_and_caps_per_class() -> None:
     assert data.input_shape == (1, 8, 8)
     assert torch.bincount(data.train.y, minlength=10).max() <= 20
     assert torch.bincount(data.test.y, minlength=10).tolist() == [5] * 10
-    small = ex.resize_dataset(data, 4)
+    small = gms.datasets.resize_dataset(data, 4)
     assert small.input_shape == (1, 4, 4) and float(small.train.x.min()) >= 0 and float(small.train.x.max()) <= 1

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import runpy
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,9 +14,8 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch import cli
-from gmsearch.search.objective import WEIGHTS_KEY
-from gmsearch.search.refinement import DATA_KEY, REFINED_PREFIX, data_description
-from gmsearch.search.sampler import GENOME_KEY
+from gmsearch.search import schema
+from gmsearch.search.schema import GENOME_KEY, REFINED_PREFIX, WEIGHTS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -37,7 +35,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[optuna.Stud
     url = f"sqlite:///{work / 'study.db'}"
     sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, generations=1, seed=0)
     study = gms.create_study(study_name="tiny", storage=url, sampler=sampler)
-    study.set_user_attr(DATA_KEY, data_description(objective))  # as `gmsearch run` does
+    schema.record_data(study, objective.data)  # as `gmsearch run` does
     study.optimize(objective, n_trials=10)
     assert len(study.trials) == 4
     yield study, objective, url
@@ -88,9 +86,9 @@ def test_export_errors_are_clear(
         value=0.2, system_attrs={GENOME_KEY: genome}, user_attrs={WEIGHTS_KEY: artifact}
     ))
     cases = [
-        (["--storage", url, "--study", "nope"], "no study 'nope'"),
-        (["--storage", url], "name one with --study"),
-        (["--storage", f"sqlite:///{tmp_path / 'missing.db'}", "--study", "tiny"], "no SQLite file"),
+        (["--storage", url, "--study", "nope"], "no study named 'nope'"),
+        (["--storage", url], "choose one with --study"),
+        (["--storage", f"sqlite:///{tmp_path / 'missing.db'}", "--study", "tiny"], "no such file"),
         (["--storage", url, "--study", "tiny", "--trial", "99"], "no trial 99"),
         (["--storage", url, "--study", "bare", "--trial", "0"], "no saved weights"),
         (["--storage", url, "--study", "bare", "--trial", "1"], "no genome"),
@@ -131,6 +129,6 @@ def test_refine_trains_the_population_further_and_stores_results(
     net = runpy.run_path(str(tmp_path / "refined" / "load_model.py"))["load_model"]()
     assert gms.accuracy(net, objective.data.test.x, objective.data.test.y) == pytest.approx(result.test_clean_acc)
     # already refined for 2 epochs: not trained again
-    module = sys.modules["gmsearch.refine"]  # (gms.refine is the function)
+    from gmsearch.search import refinement as module
     monkeypatch.setattr(module, "train", lambda *a, **k: pytest.fail("trained again"))
     assert gms.refine(study, objective, epochs=2, top=1) == results

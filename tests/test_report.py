@@ -18,7 +18,8 @@ from optuna.artifacts import FileSystemArtifactStore
 
 import gmsearch as gms
 from gmsearch import cli, report
-from gmsearch.paper.harness import Row
+from gmsearch.report import _html
+from gmsearch.search.baselines import Row
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -174,7 +175,7 @@ def test_skip_connections_along_a_chain_are_drawn_as_arcs() -> None:
     genome = gms.Genome(blocks=(
         gms.Block("conv", (-1,), **conv), gms.Block("conv", (0,), **conv), gms.Block("sum", (1, -1)),
     ))
-    fig, rows = report._readable_architecture(gms.plot_architecture(genome), genome)
+    fig, rows = _html._readable_architecture(gms.plot_architecture(genome), genome)
     assert rows == 1  # one chain: the image -> conv -> conv -> sum edge would hide behind it
     assert [shape.type for shape in fig.layout.shapes] == ["path"]
     assert fig.layout.shapes[0].path.startswith("M 0.0,0.0 Q")

@@ -205,8 +205,13 @@ def test_epoch_schedule_is_told_through_the_trial() -> None:
     )
     study.optimize(reads_its_trial, n_trials=S + 3 * S * N)
     by_gen = {t.user_attrs["gmsearch:generation"]: t.user_attrs["gmsearch:epochs"] for t in study.trials}
-    assert by_gen == {0: 20, 1: 20, 2: 25, 3: 25}
+    assert by_gen == {0: 20, 1: 20, 2: 20, 3: 25}
     assert seen == {t.number: (t.user_attrs["gmsearch:epochs"], t.user_attrs[PARENT_KEY]) for t in study.trials}
+
+
+def test_epoch_schedule_is_the_papers() -> None:
+    paper = gms.EpochSchedule()  # 20 epochs, +5 every 10 generations
+    assert [paper.epochs(g) for g in (0, 1, 10, 11, 20, 21, 41, 50)] == [20, 20, 20, 25, 25, 30, 40, 40]
 
 
 def test_two_objectives_replace_on_dominance() -> None:

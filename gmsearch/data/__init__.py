@@ -22,6 +22,7 @@ from gmsearch.data._loaders import (
     register,
     registry,
 )
+from gmsearch.data._subsets import limit_per_class, per_class_subset, resize_dataset
 
 __all__ = [
     "REDUCED_TEST_PER_CLASS",
@@ -34,8 +35,11 @@ __all__ = [
     "create",
     "default_root",
     "get",
+    "limit_per_class",
     "load",
     "names",
+    "per_class_subset",
     "register",
     "registry",
+    "resize_dataset",
 ]

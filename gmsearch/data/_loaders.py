@@ -46,7 +46,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,7 +54,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from gmsearch.cache import content_hash
+from gmsearch.data._containers import Dataset, Split
+from gmsearch.data._subsets import per_class_subset, stratified_split
 from gmsearch.registry import Registry
 
 __all__ = [
@@ -84,112 +85,6 @@ REDUCED_TEST_PER_CLASS = 100
 
 class DatasetNotFoundError(FileNotFoundError):
     """The files of a dataset are missing and could not (or may not) be downloaded."""
-
-
-# --------------------------------------------------------------------------- containers
-
-
-@dataclass(frozen=True, eq=False)
-class Split:
-    """Images and labels of one split.
-
-    Attributes:
-        x: float32 images, ``N x C x H x W``, values in ``[0, 1]``.
-        y: int64 labels, ``N``.
-    """
-
-    x: torch.Tensor
-    y: torch.Tensor
-
-    def __post_init__(self) -> None:
-        if self.x.dim() != 4 or self.x.dtype != torch.float32:
-            raise ValueError(
-                f"Split.x must be a float32 N x C x H x W tensor, got {self.x.dtype} {tuple(self.x.shape)}"
-            )
-        if self.y.dim() != 1 or self.y.dtype != torch.int64:
-            raise ValueError(f"Split.y must be an int64 vector, got {self.y.dtype} {tuple(self.y.shape)}")
-        if len(self.x) != len(self.y):
-            raise ValueError(f"Split has {len(self.x)} images but {len(self.y)} labels")
-
-    def __len__(self) -> int:
-        return len(self.y)
-
-    def to(self, device: str | torch.device) -> Split:
-        """This split with both tensors on ``device``."""
-        return Split(self.x.to(device), self.y.to(device))
-
-
-@dataclass(frozen=True, eq=False)
-class Dataset:
-    """A dataset with train, validation and test splits.
-
-    Attributes:
-        name: The registered loader name (``"cifar10"``, ``"digits"``, ...).
-        train: Images the networks are trained on.
-        val: Held out from ``train``; the search scores children on it.
-        test: The source's test images; results are reported on it.
-        num_classes: Number of classes; labels are ``0 .. num_classes - 1``.
-        class_names: One readable name per class.
-    """
-
-    name: str
-    train: Split
-    val: Split
-    test: Split
-    num_classes: int
-    class_names: tuple[str, ...]
-    _fingerprint: str | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if len(self.class_names) != self.num_classes:
-            raise ValueError(f"{len(self.class_names)} class names for {self.num_classes} classes")
-        shapes = {tuple(s.x.shape[1:]) for s in (self.train, self.val, self.test)}
-        if len(shapes) != 1:
-            raise ValueError(f"splits of dataset {self.name!r} have different image shapes: {shapes}")
-
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        """Shape of one image, ``(C, H, W)``."""
-        c, h, w = self.train.x.shape[1:]
-        return (int(c), int(h), int(w))
-
-    @property
-    def device(self) -> torch.device:
-        """Device the tensors live on."""
-        return self.train.x.device
-
-    def to(self, device: str | torch.device) -> Dataset:
-        """This dataset with every tensor on ``device`` (the fingerprint is kept)."""
-        moved = Dataset(
-            name=self.name,
-            train=self.train.to(device),
-            val=self.val.to(device),
-            test=self.test.to(device),
-            num_classes=self.num_classes,
-            class_names=self.class_names,
-        )
-        object.__setattr__(moved, "_fingerprint", self._fingerprint)
-        return moved
-
-    def fingerprint(self) -> str:
-        """Stable content hash of the name, classes and every split (for cache keys).
-
-        Device independent; computed once and memoised.
-        """
-        if self._fingerprint is None:
-            digest = content_hash(
-                "dataset", self.name, self.num_classes, list(self.class_names),
-                *(t for s in (self.train, self.val, self.test) for t in (s.x, s.y)),
-            )
-            object.__setattr__(self, "_fingerprint", digest)
-        assert self._fingerprint is not None
-        return self._fingerprint
-
-    def __repr__(self) -> str:
-        return (
-            f"Dataset({self.name!r}, train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, "
-            f"input_shape={self.input_shape}, num_classes={self.num_classes})"
-        )
 
 
 @dataclass(frozen=True)
@@ -297,14 +192,16 @@ def load(
     num_classes = len(class_names)
 
     if reduced:
-        keep_train = _per_class_subset(
-            y_train, REDUCED_TRAIN_PER_CLASS, num_classes, seed, 1, f"{name} train"
+        keep_train = per_class_subset(
+            y_train, REDUCED_TRAIN_PER_CLASS, num_classes, seed=seed, stream=1, what=f"{name} train"
         )
-        keep_test = _per_class_subset(y_test, REDUCED_TEST_PER_CLASS, num_classes, seed, 2, f"{name} test")
+        keep_test = per_class_subset(
+            y_test, REDUCED_TEST_PER_CLASS, num_classes, seed=seed, stream=2, what=f"{name} test"
+        )
         x_train, y_train = x_train[keep_train], y_train[keep_train]
         x_test, y_test = x_test[keep_test], y_test[keep_test]
 
-    train_idx, val_idx = _stratified_split(y_train, float(val_fraction), num_classes, seed)
+    train_idx, val_idx = stratified_split(y_train, float(val_fraction), num_classes, seed)
     dataset = Dataset(
         name=name,
         train=Split(x_train[train_idx], y_train[train_idx]),
@@ -317,50 +214,6 @@ def load(
 
 
 # --------------------------------------------------------------------------- protocol helpers
-
-
-def _rng(seed: int, stream: int) -> np.random.Generator:
-    # Independent streams per purpose, so reduction does not shift the val split's draws.
-    return np.random.default_rng([int(seed), stream])
-
-
-def _per_class_subset(
-    y: torch.Tensor, per_class: int, num_classes: int, seed: int, stream: int, what: str
-) -> torch.Tensor:
-    """Indices (sorted, so source order is kept) of up to ``per_class`` images of each class."""
-    rng = _rng(seed, stream)
-    labels = y.numpy()
-    keep: list[np.ndarray] = []
-    short: list[str] = []
-    for c in range(num_classes):
-        idx = np.flatnonzero(labels == c)
-        if len(idx) < per_class:
-            short.append(f"{c}: {len(idx)}")
-        keep.append(rng.permutation(idx)[:per_class])
-    if short:
-        logger.warning(
-            "%s: reduced protocol wants %d images per class; these classes have fewer and keep all: %s",
-            what, per_class, ", ".join(short),
-        )
-    return torch.from_numpy(np.sort(np.concatenate(keep)))
-
-
-def _stratified_split(
-    y: torch.Tensor, val_fraction: float, num_classes: int, seed: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Seeded stratified (train, val) indices, each in a seeded random order."""
-    rng = _rng(seed, 3)
-    labels = y.numpy()
-    train: list[np.ndarray] = []
-    val: list[np.ndarray] = []
-    for c in range(num_classes):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = round(val_fraction * len(idx))
-        val.append(idx[:n_val])
-        train.append(idx[n_val:])
-    train_idx = rng.permutation(np.concatenate(train))
-    val_idx = rng.permutation(np.concatenate(val))
-    return torch.from_numpy(train_idx.astype(np.int64)), torch.from_numpy(val_idx.astype(np.int64))
 
 
 def _as_images(array: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
@@ -514,7 +367,7 @@ def digits(
         x = F.interpolate(x, size=(image_size, image_size), mode="bilinear", align_corners=False)
         x = x.clamp_(0.0, 1.0)
     y = torch.as_tensor(bunch.target, dtype=torch.int64)
-    train_idx, test_idx = _stratified_split(y, test_fraction, 10, split_seed)
+    train_idx, test_idx = stratified_split(y, test_fraction, 10, split_seed)
     # Sorted: a fixed, seed-free order like an official split file.
     train_idx, test_idx = train_idx.sort().values, test_idx.sort().values
     return RawData(

@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from gmsearch.evaluation import attribution
-from gmsearch.evaluation._metrics import (
+from gmsearch.evaluation.masking import MaskingReport, default_eps_grid, gradient_masking_checks
+from gmsearch.evaluation.metrics import (
     EvalResult,
-    MaskingReport,
-    TransferMatrix,
     accuracy,
     attack_success_rate,
-    default_eps_grid,
     evaluate,
     fooling_rate,
     fooling_rate_from_predictions,
-    gradient_masking_checks,
     predict,
-    transfer_matrix,
 )
+from gmsearch.evaluation.transfer import TransferMatrix, transfer_matrix
 
 __all__ = [
     "EvalResult",

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from gmsearch import cache
 from gmsearch.data._loaders import Dataset
-from gmsearch.evaluation._metrics import accuracy
+from gmsearch.evaluation import accuracy
 from gmsearch.nets import architectures, zoo
 from gmsearch.nets.builder import build
 from gmsearch.training.loop import resolve_device, train

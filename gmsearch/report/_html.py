@@ -40,34 +40,29 @@ import optuna
 import plotly.graph_objects as go
 import plotly.io as pio
 from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
-from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 from plotly.offline import get_plotlyjs
 
 from gmsearch import __version__
 from gmsearch.nets.genome import Genome, GenomeError
-from gmsearch.paper.harness import Row
 from gmsearch.report.plotting import plot_architecture
-from gmsearch.search.objective import FAIL_KEY
-from gmsearch.search.sampler import (
+from gmsearch.search.baselines import Row
+from gmsearch.search.sampler import population
+from gmsearch.search.schema import (
     ARCH_KEY,
-    CONFIG_KEY,
+    ATTRIBUTIONS_KEY,
+    BASELINE_KEY,
+    FAIL_REASON_KEY,
     GENERATION_KEY,
     GENOME_KEY,
     PARENT_KEY,
     REPLACED_KEY,
+    SAMPLER_KEY,
     genome_of,
-    population,
 )
-from gmsearch.search.study import make_storage
 
 logger = logging.getLogger(__name__)
 
-#: Study user attr holding the baseline table: ``{"title": str, "rows": [Row as dict, ...]}``
-#: (a bare list of row dicts is read too).
-BASELINE_KEY = "gmsearch:baseline_table"
-#: Study user attr holding attribution maps: a plotly figure's JSON (``fig.to_json()``) or ``{"artifact_id": ...}``.
-ATTRIBUTIONS_KEY = "gmsearch:attributions"
 #: File name of attribution maps uploaded as a study artifact (see :func:`store_attributions`).
 ATTRIBUTIONS_ARTIFACT = "gmsearch_attributions.json"
 
@@ -172,44 +167,6 @@ def _brief(exc: BaseException) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = lines[0] if lines else ""
     return f"{type(exc).__name__}: {text[:200]}"
-
-
-def _mask(url: str) -> str:
-    """``url`` without its password."""
-    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
-
-
-def open_study(storage: str | BaseStorage, study_name: str | None = None) -> optuna.Study:
-    """Open an existing study for reading, with clear errors.
-
-    Args:
-        storage: URL (``sqlite:///gmsearch.db``, ``postgresql://...``, ``journal:FILE``) or an Optuna storage.
-        study_name: The study; may be omitted when the storage holds exactly one.
-
-    Raises:
-        FileNotFoundError: The SQLite or journal file does not exist (nothing is created).
-        ValueError: No study of that name; the message lists the studies the storage holds.
-    """
-    if isinstance(storage, str):
-        file = None
-        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-            file = Path(storage[len("sqlite:///") :])
-        elif storage.startswith("journal:"):
-            file = Path(storage[len("journal:") :])
-        if file is not None and not file.is_file():
-            raise FileNotFoundError(f"storage {storage!r}: no such file {str(file)!r}")
-    opened = make_storage(storage, heartbeat_interval=None)
-    assert opened is not None
-    where = _mask(storage) if isinstance(storage, str) else type(storage).__name__
-    names = optuna.get_all_study_names(opened)
-    available = ", ".join(repr(n) for n in names) if names else "none"
-    if study_name is None:
-        if len(names) != 1:
-            raise ValueError(f"storage {where} holds {len(names)} studies; choose one with --study: {available}")
-        study_name = names[0]
-    if study_name not in names:
-        raise ValueError(f"no study named {study_name!r} in storage {where}; available studies: {available}")
-    return optuna.load_study(study_name=study_name, storage=opened, sampler=optuna.samplers.RandomSampler())
 
 
 # --- HTML building blocks ---------------------------------------------------------------------------
@@ -361,7 +318,7 @@ def _summary(page: _Page, study: optuna.Study) -> None:
         ))
     elif complete:
         rows.append(("Pareto-optimal trials", ", ".join(f"#{t.number}" for t in study.best_trials)))
-    config = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
+    config = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY)
     if config:
         rows.append(("sampler", ", ".join(f"{k}={v}" for k, v in config.items())))
     else:
@@ -535,7 +492,7 @@ def _lineage(page: _Page, study: optuna.Study, current: set[int]) -> None:
     parts = page.section("lineage", "Lineage")
     trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]
     if not trials:
-        parts.append(_note("no trial carries a gmsearch genome (system attr 'gmsearch:genome')"))
+        parts.append(_note(f"no trial carries a gmsearch genome (system attr {GENOME_KEY!r})"))
         return
     by_number = {t.number: t for t in trials}
     names = _objective_names(study)
@@ -622,7 +579,7 @@ def _lineage(page: _Page, study: optuna.Study, current: set[int]) -> None:
             f"#{t.number}", t.state.name.lower(), gen(t), _fmt(t.user_attrs.get(PARENT_KEY)),
             _fmt(t.user_attrs.get(REPLACED_KEY)), _values_text(t), _pct(t.user_attrs.get("clean_acc")),
             _pct(t.user_attrs.get("adv_acc")), "yes" if t.number in current else "",
-            t.user_attrs.get(FAIL_KEY) or t.user_attrs.get(ARCH_KEY, ""),
+            t.user_attrs.get(FAIL_REASON_KEY) or t.user_attrs.get(ARCH_KEY, ""),
         ))
     parts.append(
         f"<details open><summary>All {len(trials)} trials (final population highlighted)</summary>"

@@ -19,7 +19,6 @@ the study (user attr ``gmsearch:data``); options override them.
 from __future__ import annotations
 
 import json
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,17 +26,13 @@ from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.builder import build
 from gmsearch.nets.genome import Genome
-from gmsearch.search.objective import WEIGHTS_KEY
-from gmsearch.search.refinement import DATA_KEY, REFINED_PREFIX
-from gmsearch.search.sampler import GENOME_KEY
-from gmsearch.search.study import make_storage
-
-ARTIFACTS_DIR = "gmsearch_artifacts"
+from gmsearch.search import schema
+from gmsearch.search.schema import DATA_KEY, GENOME_KEY
+from gmsearch.search.study import open_study
 
 _SNIPPET = '''"""Trial {trial} of study {study!r}, written by `gmsearch export`: rebuild it and load its weights."""
 
@@ -75,25 +70,6 @@ class ExportResult:
     files: list[Path]
 
 
-def _open(storage: str, study_name: str | None) -> optuna.Study:
-    if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-        path = Path(storage[len("sqlite:///") :])
-        if not path.is_file():
-            raise ValueError(f"storage {storage}: there is no SQLite file {path}")
-    if storage.startswith("journal:") and not Path(storage[len("journal:") :]).is_file():
-        raise ValueError(f"storage {storage}: there is no journal file {storage[len('journal:') :]}")
-    opened = make_storage(storage, heartbeat_interval=None)  # read only: no heartbeat, no retries
-    assert opened is not None
-    names = optuna.get_all_study_names(storage=opened)
-    if study_name is None:
-        if len(names) != 1:
-            raise ValueError(f"storage {storage} holds studies {sorted(names) or 'none'}; name one with --study")
-        study_name = names[0]
-    if study_name not in names:
-        raise ValueError(f"storage {storage} has no study {study_name!r}; its studies: {sorted(names) or 'none'}")
-    return optuna.load_study(study_name=study_name, storage=opened)
-
-
 def _choose(study: optuna.Study, number: int | None) -> FrozenTrial:
     trials = study.get_trials(deepcopy=False)
     if number is not None:
@@ -113,28 +89,6 @@ def _choose(study: optuna.Study, number: int | None) -> FrozenTrial:
             f"pick one of the Pareto-optimal trials {front} with --trial"
         )
     return study.best_trial
-
-
-def _artifact_dirs(storage: str, artifacts: str | Path | None) -> list[Path]:
-    if artifacts is not None:
-        return [Path(artifacts)]
-    dirs = []
-    for prefix in ("sqlite:///", "journal:"):
-        if storage.startswith(prefix):
-            dirs.append(Path(storage[len(prefix) :]).resolve().parent / ARTIFACTS_DIR)
-    dirs.append(Path.cwd() / ARTIFACTS_DIR)
-    return list(dict.fromkeys(dirs))
-
-
-def _download(artifact_id: str, dirs: list[Path], target: Path) -> None:
-    for folder in dirs:
-        if (folder / artifact_id).is_file():
-            download_artifact(
-                artifact_store=FileSystemArtifactStore(str(folder)), artifact_id=artifact_id, file_path=str(target)
-            )
-            return
-    tried = ", ".join(str(d) for d in dirs)
-    raise ValueError(f"weights artifact {artifact_id} not found in {tried}; pass --artifacts DIR (the study's store)")
 
 
 def _shape_from_state_dict(state: dict[str, torch.Tensor]) -> tuple[int | None, int | None]:
@@ -192,27 +146,13 @@ def export_trial(
         ValueError: unknown storage, study or trial; a trial without genome or
             weights; weights that do not fit the rebuilt network.
     """
-    study = _open(storage, study_name)
+    study = open_study(storage, study_name)
     chosen = _choose(study, trial)
     if GENOME_KEY not in chosen.system_attrs:
         raise ValueError(f"trial {chosen.number} has no genome (state {chosen.state.name}); nothing to export")
     genome = Genome.from_json(chosen.system_attrs[GENOME_KEY])
-    if refined:
-        record = study.user_attrs.get(f"{REFINED_PREFIX}{chosen.number}") or {}
-        artifact_id = record.get("weights")
-        if artifact_id is None:
-            raise ValueError(f"trial {chosen.number} has not been refined (see gmsearch.refine)")
-    else:
-        artifact_id = chosen.user_attrs.get(WEIGHTS_KEY)
-        if artifact_id is None:
-            raise ValueError(
-                f"trial {chosen.number} ({chosen.state.name}) has no saved weights (user attr {WEIGHTS_KEY!r}); "
-                "only trials that finished with GMObjective(..., artifact_store=DIR) have them"
-            )
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "payload.pt"
-        _download(str(artifact_id), _artifact_dirs(storage, artifacts), path)
-        payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+    artifact_id = schema.trial_weights_id(chosen, refined_from=study if refined else None)
+    payload = schema.load_weights(artifact_id, schema.artifact_dirs(study, artifacts))
     state = payload["state_dict"] if "state_dict" in payload else payload
     recorded: dict[str, Any] = {**(study.user_attrs.get(DATA_KEY) or {}), **payload}
     guessed_channels, guessed_classes = _shape_from_state_dict(state)

@@ -16,31 +16,28 @@ from __future__ import annotations
 
 import gc
 import logging
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore
 from torch import nn
 
 from gmsearch import attacks, cache
 from gmsearch.attacks._base import AdversarialSet, adversarial_set
 from gmsearch.data._loaders import Dataset
-from gmsearch.evaluation._metrics import accuracy
+from gmsearch.evaluation import accuracy
 from gmsearch.nets.builder import build, count_params
 from gmsearch.nets.genome import Genome
 from gmsearch.search import fitness as fitness_plugins
-from gmsearch.search.sampler import EPOCHS_KEY, _seed_for, genome_of
+from gmsearch.search import schema
+from gmsearch.search.schema import EPOCHS_KEY, FAIL_REASON_KEY, genome_of, trial_seed
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
 
-WEIGHTS_KEY = "gmsearch:weights"
-FAIL_KEY = "gmsearch:fail_reason"
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -137,7 +134,7 @@ class GMObjective:
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
         genome = genome_of(trial)
         epochs = int(trial.user_attrs.get(EPOCHS_KEY, self.epochs))
-        torch.manual_seed(_seed_for(self.seed, trial.number) % 2**63)
+        torch.manual_seed(trial_seed(self.seed, trial.number) % 2**63)
         net: nn.Module | None = None
         try:
             net = self.build(genome).to(self.device)
@@ -164,7 +161,7 @@ class GMObjective:
                 raise
             reason = f"{'out of memory' if _is_oom(exc) else 'diverged'}: {exc}"
             logger.warning("trial %d failed (%s); the study goes on", trial.number, reason)
-            trial.set_user_attr(FAIL_KEY, reason[:500])
+            trial.set_user_attr(FAIL_REASON_KEY, reason[:500])
             nan = float("nan")
             return tuple([nan] * self.n_objectives) if self.n_objectives > 1 else nan
         finally:
@@ -175,24 +172,10 @@ class GMObjective:
 
     def _save_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> None:
         assert self.artifact_store is not None
-        fd, tmp = tempfile.mkstemp(suffix=".pt", prefix=f"trial{trial.number}-")
-        os.close(fd)
-        try:
-            torch.save(
-                {
-                    "genome": genome.to_json(),
-                    "state_dict": net.state_dict(),
-                    "input_shape": list(self.data.input_shape),
-                    "num_classes": self.data.num_classes,
-                },
-                tmp,
-            )
-            artifact_id = upload_artifact(
-                artifact_store=self.artifact_store, file_path=tmp, study_or_trial=trial
-            )
-        finally:
-            os.unlink(tmp)
-        trial.set_user_attr(WEIGHTS_KEY, artifact_id)
+        schema.save_trial_weights(
+            trial, self.artifact_store, net, genome,
+            input_shape=self.data.input_shape, num_classes=self.data.num_classes,
+        )
 
     def load_trial_model(self, trial: optuna.trial.FrozenTrial) -> nn.Module:
         """The trained network of a finished trial, from its saved weights."""
@@ -201,21 +184,25 @@ class GMObjective:
 
 def load_trial_model(
     trial: optuna.trial.FrozenTrial,
-    artifact_store: FileSystemArtifactStore | None,
-    data: Dataset,
+    artifact_store: FileSystemArtifactStore | str | Path | None,
+    data: Dataset | None = None,
     *,
     device: str | torch.device | None = None,
 ) -> nn.Module:
-    """Rebuild a trial's network and load its weights from the artifact store."""
-    artifact_id = trial.user_attrs.get(WEIGHTS_KEY)
-    if artifact_store is None or artifact_id is None:
-        raise ValueError(f"trial {trial.number} has no saved weights (user attr {WEIGHTS_KEY!r})")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "weights.pt"
-        download_artifact(artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path))
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    genome = Genome.from_json(payload["genome"])
-    channels, h, w = data.input_shape
-    net = build(genome, in_channels=channels, num_classes=data.num_classes, image_size=(h, w))
-    net.load_state_dict(payload["state_dict"])
-    return net.to(resolve_device(device)).eval()
+    """Rebuild a trial's network and load its trained weights from the artifact store.
+
+    Args:
+        trial: A finished trial with saved weights.
+        artifact_store: The store (or its folder) the weights were saved to.
+        data: Only for the input shape and classes of weights saved without them.
+        device: Where the network goes (default: CUDA if available).
+    """
+    if artifact_store is None:
+        raise ValueError(f"trial {trial.number}: no artifact store given to load its weights from")
+    payload = schema.load_weights(schema.trial_weights_id(trial), [artifact_store])
+    return schema.build_from_weights(
+        payload,
+        input_shape=data.input_shape if data is not None and "input_shape" not in payload else None,
+        num_classes=data.num_classes if data is not None and "num_classes" not in payload else None,
+        device=resolve_device(device),
+    )

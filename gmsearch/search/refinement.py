@@ -15,28 +15,20 @@ already refined for the same number of epochs is not trained again.
 from __future__ import annotations
 
 import logging
-import os
-import tempfile
 from dataclasses import asdict, dataclass
-from typing import Any
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, upload_artifact
-from optuna.study import StudyDirection
-from optuna.trial import FrozenTrial
-from torch import nn
 
-from gmsearch.evaluation._metrics import accuracy
-from gmsearch.nets.genome import Genome
+from gmsearch.evaluation import accuracy
+from gmsearch.search import schema
 from gmsearch.search.objective import GMObjective, load_trial_model
-from gmsearch.search.sampler import _seed_for, genome_of, population
+from gmsearch.search.sampler import ranked_population
+from gmsearch.search.schema import REFINED_PREFIX, WEIGHTS_KEY, genome_of, trial_seed
 from gmsearch.training.loop import TrainingDivergedError, train
 
 logger = logging.getLogger(__name__)
 
-REFINED_PREFIX = "gmsearch:refined:"
-DATA_KEY = "gmsearch:data"
 
 
 @dataclass(frozen=True)
@@ -67,35 +59,6 @@ class RefineResult:
     fitness: float | list[float]
     weights: str
     seconds: float
-
-
-def _ranked(candidates: list[FrozenTrial], directions: list[StudyDirection]) -> list[FrozenTrial]:
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    return sorted(candidates, key=lambda t: -sum(s * v for s, v in zip(signs, t.values or [], strict=False)))
-
-
-def data_description(objective: GMObjective) -> dict[str, Any]:
-    """What is needed to rebuild a network of ``objective`` (stored as the study user attr ``gmsearch:data``)."""
-    return {
-        "name": objective.data.name,
-        "input_shape": list(objective.data.input_shape),
-        "num_classes": objective.data.num_classes,
-    }
-
-
-def _save(
-    study: optuna.Study, store: FileSystemArtifactStore, net: nn.Module, genome: Genome, objective: GMObjective
-) -> str:
-    fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="refined-")
-    os.close(fd)
-    try:
-        payload = {
-            "genome": genome.to_json(), "state_dict": net.state_dict(), **data_description(objective),
-        }
-        torch.save(payload, tmp)
-        return upload_artifact(artifact_store=store, file_path=tmp, study_or_trial=study)
-    finally:
-        os.unlink(tmp)
 
 
 def refine(
@@ -137,18 +100,17 @@ def refine(
     store = objective.artifact_store
     if store is None:
         raise ValueError("refine needs the objective's artifact store (GMObjective(..., artifact_store=DIR))")
-    candidates = population(study)
+    candidates = ranked_population(study)
     if not candidates:
         raise ValueError(f"study {study.study_name!r} has no population yet (no completed trial with a genome)")
-    chosen = _ranked(candidates, list(study.directions))[:top]
-    missing = [t.number for t in chosen if "gmsearch:weights" not in t.user_attrs]
+    chosen = candidates[:top]
+    missing = [t.number for t in chosen if WEIGHTS_KEY not in t.user_attrs]
     if missing:
         raise ValueError(
-            f"trial(s) {missing} have no saved weights (user attr 'gmsearch:weights'); "
+            f"trial(s) {missing} have no saved weights (user attr {WEIGHTS_KEY!r}); "
             "run the study with GMObjective(..., artifact_store=DIR)"
         )
-    if DATA_KEY not in study.user_attrs:
-        study.set_user_attr(DATA_KEY, data_description(objective))
+    schema.record_data(study, objective.data)
     data = objective.data
     results: list[RefineResult] = []
     for trial in chosen:
@@ -159,7 +121,7 @@ def refine(
             results.append(RefineResult(**stored))
             continue
         net = load_trial_model(trial, store, data, device=objective.device)
-        torch.manual_seed(_seed_for(objective.seed + 1, trial.number) % 2**63)
+        torch.manual_seed(trial_seed(objective.seed + 1, trial.number) % 2**63)
         logger.info("refining trial %d for %d epochs", trial.number, epochs)
         try:
             trained = train(
@@ -181,7 +143,10 @@ def refine(
             trial=trial.number, epochs=epochs, search_epochs=trial.user_attrs.get("epochs"),
             val_clean_acc=val_clean, val_adv_acc=val_adv, test_clean_acc=test_clean, test_adv_acc=test_adv,
             fitness=[float(v) for v in fit] if isinstance(fit, tuple | list) else float(fit),
-            weights=_save(study, store, net, genome_of(trial), objective), seconds=round(trained.seconds, 3),
+            weights=schema.save_weights(
+                store, study, net, genome_of(trial), input_shape=data.input_shape,
+                num_classes=data.num_classes,
+            ), seconds=round(trained.seconds, 3),
         )
         study.set_user_attr(key, asdict(result))
         results.append(result)

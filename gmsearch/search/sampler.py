@@ -53,7 +53,6 @@ The spectrum counts are set as int params so Optuna's param plots work.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import random
@@ -75,18 +74,23 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome, spectrum_distance
 from gmsearch.search import mutations
+from gmsearch.search.schema import (
+    ARCH_KEY,
+    EPOCHS_KEY,
+    GENERATION_KEY,
+    GENOME_KEY,
+    PARENT_KEY,
+    REPLACED_KEY,
+    SAMPLER_KEY,
+    SURPLUS_KEY,
+    TOLD_FAIL_KEY,
+    genome_of,
+    is_child,
+    trial_seed,
+)
 
 logger = logging.getLogger(__name__)
 
-GENOME_KEY = "gmsearch:genome"
-PARENT_KEY = "gmsearch:parent"
-GENERATION_KEY = "gmsearch:generation"
-REPLACED_KEY = "gmsearch:replaced"
-EPOCHS_KEY = "gmsearch:epochs"
-ARCH_KEY = "gmsearch:architecture"
-CONFIG_KEY = "gmsearch:sampler"
-SURPLUS_KEY = "gmsearch:surplus"
-TOLD_FAIL_KEY = "gmsearch:told_fail"
 
 #: A RUNNING trial without a genome older than this was left by a worker that died while sampling.
 PENDING_SECONDS = 120.0
@@ -102,7 +106,12 @@ _SPECTRUM_DIST = IntDistribution(0, SPECTRUM_MAX)
 
 @dataclass(frozen=True)
 class EpochSchedule:
-    """epochs = base + step * floor(generation / every) (paper: 20, +5 every 10 generations)."""
+    """Training epochs per generation (paper: 20, +5 every 10 generations).
+
+    Generations 1..every train ``base`` epochs, the next ``every`` generations
+    ``base + step``, and so on (paper: 1-10 train 20, 11-20 train 25, ..., 41-50
+    train 40); the initial candidates (generation 0) train ``base``.
+    """
 
     base: int = 20
     step: int = 5
@@ -113,38 +122,13 @@ class EpochSchedule:
             raise ValueError(f"bad epoch schedule {self}: need base >= 1, step >= 0, every >= 1")
 
     def epochs(self, generation: int) -> int:
-        return self.base + self.step * (generation // self.every)
+        return self.base + self.step * (max(generation - 1, 0) // self.every)
 
 
-def _seed_for(seed: int, number: int) -> int:
-    digest = hashlib.sha256(f"gmsearch:{seed}:{number}".encode()).digest()
-    return int.from_bytes(digest[:8], "little")
 
 
-def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
-    """The genome stored on a (running or finished) trial by :class:`NicheEvolutionSampler`.
-
-    Raises:
-        optuna.TrialPruned: ``trial`` is a running surplus trial (the study
-            already has all its generations); the objective stops at once.
-        ValueError: the trial has no genome.
-    """
-    frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
-    text = frozen.system_attrs.get(GENOME_KEY)
-    if text is None:
-        if isinstance(trial, optuna.Trial) and frozen.system_attrs.get(SURPLUS_KEY):
-            raise optuna.TrialPruned(
-                f"trial {frozen.number} is surplus: every trial of the study's generations is already taken"
-            )
-        raise ValueError(
-            f"trial {frozen.number} has no genome (system attr {GENOME_KEY!r}); "
-            "run the study with gmsearch.NicheEvolutionSampler"
-        )
-    return Genome.from_json(text)
 
 
-def _is_child(trial: FrozenTrial) -> bool:
-    return trial.user_attrs.get(PARENT_KEY) is not None
 
 
 def _better(child: Sequence[float], old: Sequence[float], directions: Sequence[StudyDirection]) -> bool:
@@ -225,7 +209,7 @@ def _census(trials: Sequence[FrozenTrial], me: int, population_size: int, now: d
         if t.number == me or (t.state == TrialState.FAIL and not _requeue_pending(t, retried, now)):
             continue
         if GENOME_KEY in t.system_attrs:
-            if not _is_child(t):
+            if not is_child(t):
                 census.n_initial += 1
             elif t.number < me:
                 census.earlier_children.append(t)
@@ -262,7 +246,7 @@ def _finished(
         if state in (TrialState.RUNNING, TrialState.WAITING):
             return False
         if state in (TrialState.COMPLETE, TrialState.PRUNED):
-            if _is_child(t):
+            if is_child(t):
                 done_children += 1
             else:
                 done_initial += 1
@@ -311,7 +295,7 @@ def replay(
     for trial, vals in events:
         if GENOME_KEY not in trial.system_attrs:
             continue
-        if not _is_child(trial):
+        if not is_child(trial):
             if len(slots) < population_size:
                 slots.append(trial)
                 values.append(vals)
@@ -418,7 +402,11 @@ class NicheEvolutionSampler(BaseSampler):
 
     # --- configuration kept on the study so every worker agrees -----------------
     def config(self) -> dict[str, Any]:
-        """The settings that define the search (stored on the study)."""
+        """The settings that define the search (stored on the study).
+
+        ``mutations`` are the operators children are drawn from: the given
+        names, else every operator registered in this process.
+        """
         return {
             "population_size": self.population_size,
             "n_children": self.n_children,
@@ -427,6 +415,9 @@ class NicheEvolutionSampler(BaseSampler):
             "generations": self.generations,
             "epoch_schedule": asdict(self.epoch_schedule) if self.epoch_schedule else None,
             "spectrum_scale": self.spectrum_scale,
+            "mutations": sorted(self.mutation_names or mutations.names()),
+            "mutation_weights": self.mutation_weights,
+            "budget": {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(self.budget).items()},
         }
 
     def _sync_config(self, study: Study) -> None:
@@ -434,14 +425,18 @@ class NicheEvolutionSampler(BaseSampler):
         if study._study_id in synced:
             return  # once per study and process: the settings never change
         synced.add(study._study_id)
-        stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY)
+        stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY)
         mine = json.loads(json.dumps(self.config()))
         if stored is None:
-            study._storage.set_study_system_attr(study._study_id, CONFIG_KEY, mine)
-        elif stored != mine:
+            study._storage.set_study_system_attr(study._study_id, SAMPLER_KEY, mine)
+            return
+        # generations only say when to stop: a resumed study may be given more
+        differs = sorted(k for k in set(stored) | set(mine) if k != "generations" and stored.get(k) != mine.get(k))
+        if differs:
             logger.warning(
-                "study %r was created with sampler settings %s; this process uses %s",
-                study.study_name, stored, mine,
+                "study %r was created with other sampler settings (%s): stored %s; this process uses %s",
+                study.study_name, ", ".join(differs),
+                {k: stored.get(k) for k in differs}, {k: mine.get(k) for k in differs},
             )
 
     # --- BaseSampler --------------------------------------------------------------
@@ -473,10 +468,10 @@ class NicheEvolutionSampler(BaseSampler):
         trials, census, marked = self._wait_for_a_place(study, trial, heartbeat)
         if census is None:
             return  # surplus: genome_of prunes it
-        rng = random.Random(_seed_for(self._seed, trial.number))
+        rng = random.Random(trial_seed(self._seed, trial.number))
         initial = sorted(
             (t for t in trials if t.number != trial.number and t.state != TrialState.FAIL
-             and GENOME_KEY in t.system_attrs and not _is_child(t)),
+             and GENOME_KEY in t.system_attrs and not is_child(t)),
             key=lambda t: t.number,
         )
         parent: int | None = None
@@ -580,7 +575,7 @@ class NicheEvolutionSampler(BaseSampler):
             study._storage.set_trial_system_attr(trial._trial_id, TOLD_FAIL_KEY, True)
         trials = study.get_trials(deepcopy=False)
         if state == TrialState.COMPLETE and values is not None and GENOME_KEY in stored.system_attrs \
-                and _is_child(stored):
+                and is_child(stored):
             others = [t for t in trials if t.number != trial.number]
             result = replay(
                 others, self.population_size, study.directions,
@@ -614,12 +609,19 @@ def population(study: optuna.Study, *, population_size: int | None = None) -> li
         if isinstance(study.sampler, NicheEvolutionSampler):
             size = study.sampler.population_size
         else:
-            stored = study._storage.get_study_system_attrs(study._study_id).get(CONFIG_KEY) or {}
+            stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY) or {}
             size = stored.get("population_size")
     if size is None:
         raise ValueError(f"study {study.study_name!r} has no gmsearch sampler settings; pass population_size")
     scale = study.sampler.spectrum_scale if isinstance(study.sampler, NicheEvolutionSampler) else None
     return replay(study.get_trials(deepcopy=False), size, study.directions, scale=scale).slots
+
+
+def ranked_population(study: optuna.Study) -> list[FrozenTrial]:
+    """The current candidates, best first by the study's direction(s) (several objectives: by their sum)."""
+    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
+    candidates = [t for t in population(study) if t.values]
+    return sorted(candidates, key=lambda t: -sum(s * v for s, v in zip(signs, t.values, strict=True)))
 
 
 def lineage(study: optuna.Study) -> list[dict[str, Any]]:

@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import re
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, cast
 
 import optuna
@@ -134,3 +136,41 @@ def load_study(
     opened = make_storage(storage)
     assert opened is not None
     return optuna.load_study(study_name=study_name, storage=opened, sampler=sampler)
+
+
+def mask_url(url: str) -> str:
+    """``url`` without its password (for messages and reports)."""
+    return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", url)
+
+
+def open_study(storage: str | BaseStorage, study_name: str | None = None) -> optuna.Study:
+    """Open an existing study for reading (reports, export), with clear errors; creates nothing.
+
+    Args:
+        storage: URL (``sqlite:///gmsearch.db``, ``postgresql://...``, ``journal:FILE``) or an Optuna storage.
+        study_name: The study; may be omitted when the storage holds exactly one.
+
+    Raises:
+        FileNotFoundError: The SQLite or journal file does not exist.
+        ValueError: No study of that name; the message lists the studies the storage holds.
+    """
+    if isinstance(storage, str):
+        file = None
+        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+            file = Path(storage[len("sqlite:///") :])
+        elif storage.startswith("journal:"):
+            file = Path(storage[len("journal:") :])
+        if file is not None and not file.is_file():
+            raise FileNotFoundError(f"storage {storage!r}: no such file {str(file)!r}")
+    opened = make_storage(storage, heartbeat_interval=None)  # read only: no heartbeat, no retries
+    assert opened is not None
+    where = mask_url(storage) if isinstance(storage, str) else type(storage).__name__
+    names = optuna.get_all_study_names(opened)
+    available = ", ".join(repr(n) for n in names) if names else "none"
+    if study_name is None:
+        if len(names) != 1:
+            raise ValueError(f"storage {where} holds {len(names)} studies; choose one with --study: {available}")
+        study_name = names[0]
+    if study_name not in names:
+        raise ValueError(f"no study named {study_name!r} in storage {where}; available studies: {available}")
+    return optuna.load_study(study_name=study_name, storage=opened, sampler=optuna.samplers.RandomSampler())

@@ -44,7 +44,6 @@ import copy
 import io
 import logging
 import math
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -53,8 +52,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmsearch.data._loaders import Dataset
-from gmsearch.evaluation._metrics import accuracy
-from gmsearch.training.loop import TrainingDivergedError, TrainResult, resolve_device
+from gmsearch.evaluation import accuracy
+from gmsearch.training.loop import TrainResult, resolve_device, run_epochs
 
 logger = logging.getLogger(__name__)
 
@@ -258,45 +257,20 @@ def _check_training(eps: float, epochs: int, batch_size: int) -> None:
         raise ValueError(f"batch_size must be >= 2 (BatchNorm), got {batch_size}")
 
 
-BatchStep = Callable[[Tensor, Tensor], Tensor]
-
-
 def _adversarial_training_loop(
     net: nn.Module, data: Dataset, dev: torch.device, *, epochs: int, batch_size: int, seed: int,
-    batch_step: BatchStep, what: str,
+    batch_step: Callable[[Tensor, Tensor], Tensor], what: str,
 ) -> TrainResult:
-    """Seeded index-slice epochs over ``data.train``; ``batch_step(xb, yb)`` trains on one
-    minibatch and returns its losses (one per optimiser step). NaN/Inf is checked once per epoch."""
-    x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
-    generator = torch.Generator().manual_seed(seed)
-    result = TrainResult(epochs=epochs)
-    start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
-        t0 = time.perf_counter()
-        net.train()
-        order = torch.randperm(len(x_train), generator=generator).to(dev)
-        totals = torch.zeros((), device=dev)
-        steps = 0
-        for i in range(0, len(order), batch_size):
-            idx = order[i : i + batch_size]
-            if len(idx) < 2:  # a batch of one breaks BatchNorm statistics
-                continue
-            losses = batch_step(x_train[idx], y_train[idx])
-            totals += losses.sum()
-            steps += losses.numel()
-        mean_loss = (totals / max(steps, 1)).item()
-        if not math.isfinite(mean_loss):
-            raise TrainingDivergedError(f"{what}: training loss became {mean_loss} at epoch {epoch}; lower the lr")
-        record = {
-            "epoch": float(epoch), "loss": mean_loss,
-            "val_acc": accuracy(net, data.val.x.to(dev), data.val.y.to(dev)),
-            "seconds": time.perf_counter() - t0,
-        }
-        result.history.append(record)
-        logger.info("%s epoch %d/%d loss %.4f val_acc %.4f", what, epoch, epochs, mean_loss, record["val_acc"])
-    net.eval()
-    result.seconds = time.perf_counter() - start
-    return result
+    """:func:`~gmsearch.training.loop.run_epochs` over ``data.train``; val accuracy each epoch."""
+    x_val, y_val = data.val.x.to(dev), data.val.y.to(dev)
+
+    def measure(record: dict[str, float]) -> None:
+        record["val_acc"] = accuracy(net, x_val, y_val)
+
+    return run_epochs(
+        net, data.train.x.to(dev), data.train.y.to(dev), epochs=epochs, batch_size=batch_size, seed=seed,
+        step=lambda xb, yb, _: batch_step(xb, yb), measure=measure, what=what,
+    )
 
 
 def _optimizer(net: nn.Module, lr: float | None) -> torch.optim.Optimizer:

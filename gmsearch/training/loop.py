@@ -37,7 +37,7 @@ from torch import Tensor, nn
 
 from gmsearch import cache
 from gmsearch.data._loaders import Dataset, Split
-from gmsearch.evaluation._metrics import accuracy
+from gmsearch.evaluation import accuracy
 from gmsearch.training import gm_loss as losses
 
 logger = logging.getLogger(__name__)
@@ -264,57 +264,114 @@ def train(
     if lr is not None:
         adam["lr"] = lr
     optimizer = torch.optim.Adam(params, **adam)
-    generator = torch.Generator().manual_seed(seed)
-    n = len(x_train)
-    result = TrainResult(epochs=epochs)
-    start = time.perf_counter()
+    x_adv_val = adversarial_val.x.to(dev) if adversarial_val is not None else None
+    y_adv_val = adversarial_val.y.to(dev) if adversarial_val is not None else None
+
+    def step(xb: Tensor, yb: Tensor, idx: Tensor) -> Tensor:
+        if augment is not None:
+            xb = augment(xb)
+        gb = None
+        if use_gm:
+            assert reference is not None
+            gb = losses.input_gradients(reference, xb, yb) if augment is not None else ref_grads[idx]  # type: ignore[index]
+        return train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast)
+
+    def measure(record: dict[str, float]) -> None:
+        record["val_acc"] = accuracy(net, x_val, y_val)
+        if x_adv_val is not None and y_adv_val is not None:
+            record["val_adv_acc"] = accuracy(net, x_adv_val, y_adv_val)
+
+    def report(epoch: int, record: dict[str, float]) -> None:
+        value = record["val_acc"]
+        if fitness is not None and "val_adv_acc" in record:
+            fit = fitness(record["val_acc"], record["val_adv_acc"])
+            value = float(fit) if not isinstance(fit, tuple) else float(min(fit))
+        _report(trial, value, epoch)
+
     try:
-        for epoch in range(1, epochs + 1):
-            t0 = time.perf_counter()
-            net.train()
-            order = torch.randperm(n, generator=generator).to(dev, non_blocking=True)
-            totals = torch.zeros(3, device=dev)  # loss, ce, gm summed over steps
-            steps = 0
-            for i in range(0, n, batch_size):
-                idx = order[i : i + batch_size]
-                if len(idx) < 2:  # a batch of one breaks BatchNorm statistics
-                    continue
-                xb, yb = x_train[idx], y_train[idx]
-                if augment is not None:
-                    xb = augment(xb)
-                gb = None
-                if use_gm:
-                    assert reference is not None
-                    gb = losses.input_gradients(reference, xb, yb) if augment is not None else ref_grads[idx]  # type: ignore[index]
-                totals += train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast)
-                steps += 1
-            mean_loss, mean_ce, mean_gm = (totals / max(steps, 1)).tolist()
-            if not math.isfinite(mean_loss):
-                raise TrainingDivergedError(
-                    f"training loss became {mean_loss} at epoch {epoch} (lam={lam}, loss={loss!r}); "
-                    "lower lam or the learning rate"
-                )
-            record: dict[str, float] = {
-                "epoch": epoch, "loss": mean_loss, "ce": mean_ce, "gm": mean_gm,
-                "val_acc": accuracy(net, x_val, y_val),
-            }
-            value = record["val_acc"]
-            if adversarial_val is not None:
-                record["val_adv_acc"] = accuracy(net, adversarial_val.x.to(dev), adversarial_val.y.to(dev))
-                if fitness is not None:
-                    fit = fitness(record["val_acc"], record["val_adv_acc"])
-                    value = float(fit) if not isinstance(fit, tuple) else float(min(fit))
-            record["seconds"] = time.perf_counter() - t0
-            result.history.append(record)
-            logger.info(
-                "epoch %d/%d loss %.4f (ce %.4f gm %.4f) val_acc %.4f%s %.1fs",
-                epoch, epochs, mean_loss, mean_ce, mean_gm, record["val_acc"],
-                f" val_adv_acc {record['val_adv_acc']:.4f}" if "val_adv_acc" in record else "",
-                record["seconds"],
-            )
-            _report(trial, value, epoch)
+        return run_epochs(
+            net, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed, step=step,
+            columns=("loss", "ce", "gm"), measure=measure, after_epoch=report, what=f"GM training (lam={lam})",
+            hint=f"lower lam or the learning rate (loss={loss!r})",
+        )
     finally:
         release_memory(dev)  # this trial's activations go back to the system
+
+
+MinibatchStep = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
+def run_epochs(
+    net: nn.Module,
+    x_train: Tensor,
+    y_train: Tensor,
+    *,
+    epochs: int,
+    batch_size: int,
+    seed: int,
+    step: MinibatchStep,
+    columns: tuple[str, ...] = ("loss",),
+    measure: Callable[[dict[str, float]], None] | None = None,
+    after_epoch: Callable[[int, dict[str, float]], None] | None = None,
+    what: str = "training",
+    hint: str = "lower the learning rate",
+) -> TrainResult:
+    """The one epoch loop: seeded index-slice minibatches over the training tensors, on their device.
+
+    Every trainer (GM training, free and fast adversarial training) supplies
+    only its minibatch ``step(xb, yb, idx)``, which takes its optimiser steps
+    and returns their losses, shape ``[columns]`` or ``[steps, columns]``
+    (detached, on the device: the host synchronises once per epoch). A batch
+    of one is skipped (it breaks BatchNorm statistics).
+
+    Args:
+        net: The network (put in train mode each epoch, eval mode at the end).
+        x_train: Training images, on the device.
+        y_train: Training labels, on the device.
+        epochs: Passes over the training tensors.
+        batch_size: Minibatch size.
+        seed: Fixes the batch order.
+        step: The minibatch step.
+        columns: Names of the loss columns ``step`` returns; the first is checked for NaN/Inf.
+        measure: Adds metrics (e.g. ``val_acc``) to each epoch's record.
+        after_epoch: Called with each finished record (e.g. to report to an Optuna trial).
+        what: Names the trainer in log lines and errors.
+        hint: What to try when the loss diverges.
+
+    Raises:
+        TrainingDivergedError: the mean loss of an epoch is NaN or infinite.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    dev, n = x_train.device, len(x_train)
+    result = TrainResult(epochs=epochs)
+    start = time.perf_counter()
+    for epoch in range(1, epochs + 1):
+        t0 = time.perf_counter()
+        net.train()
+        order = torch.randperm(n, generator=generator).to(dev, non_blocking=True)
+        totals = torch.zeros(len(columns), device=dev)
+        steps = 0
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            if len(idx) < 2:
+                continue
+            out = step(x_train[idx], y_train[idx], idx).reshape(-1, len(columns))
+            totals += out.sum(0)
+            steps += out.shape[0]
+        means = (totals / max(steps, 1)).tolist()
+        if not math.isfinite(means[0]):
+            raise TrainingDivergedError(f"{what}: training loss became {means[0]} at epoch {epoch}; {hint}")
+        record: dict[str, float] = {"epoch": epoch, **dict(zip(columns, means, strict=True))}
+        if measure is not None:
+            measure(record)
+        record["seconds"] = time.perf_counter() - t0
+        result.history.append(record)
+        logger.info(
+            "%s epoch %d/%d %s %.1fs", what, epoch, epochs,
+            " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds")), record["seconds"],
+        )
+        if after_epoch is not None:
+            after_epoch(epoch, record)
     net.eval()
     result.seconds = time.perf_counter() - start
     return result

@@ -1,0 +1,172 @@
+"""The one assembler: settings (a :class:`~gmsearch.config.RunConfig`) -> data, reference, attack,
+objective, sampler and study.
+
+``gmsearch run``, ``gmsearch quickstart`` and the paper scripts all build their
+search here, so a default lives in one place (:mod:`gmsearch.config`) and every
+path applies the same rules: the attack budget of the dataset's kind (grey or
+colour, :func:`gmsearch.attacks.default_budget`) under the configured
+overrides, the paper's epoch schedule, the size budget, and the study records
+what it was run with (data shape, resolved attack, artifact folder).
+
+Cheap checks come first (:func:`check`): plugin names, device, storage and
+folders are validated before any data is loaded or network trained.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from gmsearch import attacks, cache
+from gmsearch import data as datasets
+from gmsearch.config import RunConfig
+from gmsearch.nets import references
+from gmsearch.plugins import load_plugins
+from gmsearch.search import fitness, mutations, schema
+from gmsearch.search.objective import GMObjective
+from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
+from gmsearch.search.study import create_study
+from gmsearch.training import gm_loss
+
+logger = logging.getLogger(__name__)
+
+
+def device_for(cfg: RunConfig, worker: int = 0) -> str:
+    """The device of worker ``worker``: the configured one, else one GPU round-robin, else the CPU."""
+    if cfg.device != "auto":
+        return cfg.device
+    if torch.cuda.is_available():
+        return f"cuda:{worker % torch.cuda.device_count()}"
+    return "cpu"
+
+
+def artifact_dir(cfg: RunConfig) -> Path:
+    """Where trial weights go: ``[study] artifacts``, else ``gmsearch_artifacts`` beside the SQLite file."""
+    if cfg.study.artifacts:
+        return Path(cfg.study.artifacts)
+    return schema.default_artifact_dir(cfg.study.storage)
+
+
+def cache_dir(cfg: RunConfig) -> Path:
+    """Cache of reference weights, adversarial sets and reference gradients."""
+    return Path(cfg.study.cache_dir) if cfg.study.cache_dir else cache.default_cache_dir()
+
+
+def check(cfg: RunConfig) -> None:
+    """The cheap checks: plugins load and every named plugin exists (before any data or training)."""
+    load_plugins(cfg.plugins)
+    attacks.get(cfg.attack.name)
+    fitness.get(cfg.fitness.name)
+    gm_loss.get(cfg.training.loss)
+    for name in cfg.search.mutations:
+        mutations.get(name)
+    if cfg.data.name not in datasets.names() and not cfg.data.name.endswith(".npz"):
+        datasets.get(cfg.data.name)  # the error lists the registered datasets
+
+
+def load_data(cfg: RunConfig, *, device: str | torch.device | None = None) -> datasets.Dataset:
+    """The configured dataset: loaded (a ``.npz`` path goes to the ``npz`` loader), capped per class, resized."""
+    d = cfg.data
+    name, options = d.name, dict(d.options)
+    if name.endswith(".npz"):
+        name, options["path"] = "npz", options.get("path", d.name)
+    if name == "digits" and d.image_size is not None:
+        options.setdefault("image_size", d.image_size)  # rendered at the size, not resized
+    data = datasets.load(
+        name, root=d.root, reduced=d.reduced, val_fraction=d.val_fraction, seed=cfg.seed, **options
+    )
+    data = datasets.limit_per_class(data, train=d.max_train_per_class, test=d.max_test_per_class, seed=cfg.seed)
+    if d.image_size is not None and data.input_shape[1:] != (d.image_size, d.image_size):
+        data = datasets.resize_dataset(data, d.image_size)
+    return data.to(device) if device is not None else data
+
+
+def attack_params(cfg: RunConfig, in_channels: int) -> dict[str, Any]:
+    """The attack's full parameters: the dataset kind's default budget under ``[attack] params``."""
+    defaults = attacks.default_budget(cfg.attack.name, in_channels=in_channels)
+    return attacks.create(cfg.attack.name, **{**defaults, **cfg.attack.params}).params()
+
+
+def make_reference(cfg: RunConfig, data: datasets.Dataset, *, device: str | torch.device | None = None) -> Any:
+    """The frozen reference (trained once and cached, or loaded from a checkpoint)."""
+    return references.get(
+        cfg.reference.name, data, arch=cfg.reference.arch, epochs=cfg.reference.epochs, seed=cfg.seed,
+        device=device, cache_dir=cache_dir(cfg),
+    )
+
+
+def make_objective(
+    cfg: RunConfig, data: datasets.Dataset, reference: torch.nn.Module, *, device: str | torch.device | None = None
+) -> GMObjective:
+    """The GM objective with the resolved attack (adversarial sets and reference gradients cached)."""
+    return GMObjective(
+        data, reference=reference, attack=cfg.attack.name, attack_params=attack_params(cfg, data.input_shape[0]),
+        lam=cfg.training.lam, loss=cfg.training.loss, fitness=cfg.fitness.name, fitness_params=cfg.fitness.params,
+        epochs=cfg.search.epochs, batch_size=cfg.training.batch_size, lr=cfg.learning_rate, device=device,
+        cache_dir=cache_dir(cfg), seed=cfg.seed, artifact_store=artifact_dir(cfg),
+    )
+
+
+def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> NicheEvolutionSampler:
+    """Algorithm 1 with the configured population, epoch schedule and size budget."""
+    s = cfg.search
+    channels, height, _ = data.input_shape
+    return NicheEvolutionSampler(
+        population_size=s.population_size, n_children=s.n_children, min_distance=s.min_distance,
+        mutations_per_child=(s.mutations_per_child[0], s.mutations_per_child[1]), generations=s.generations,
+        epoch_schedule=EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every),
+        mutation_names=s.mutations or None, seed=cfg.seed,
+        budget=mutations.SizeBudget(
+            max_blocks=s.max_blocks, max_params=s.max_params or None, in_channels=channels,
+            num_classes=data.num_classes, image_size=height,
+        ),
+    )
+
+
+def make_study(cfg: RunConfig, sampler: NicheEvolutionSampler, objective: GMObjective) -> optuna.Study:
+    """Create or resume the study and record on it what rebuilds its networks and how it attacks."""
+    two = objective.n_objectives > 1
+    study = create_study(
+        study_name=cfg.study.name, storage=cfg.study.storage, sampler=sampler,
+        directions=["maximize", "maximize"] if two else None,
+    )
+    schema.record_data(study, objective.data)
+    schema.record_attack(study, objective.attack.name, objective.attack.params())
+    schema.record_artifact_dir(study, artifact_dir(cfg))
+    return study
+
+
+@dataclass
+class Pipeline:
+    """Everything one worker needs to run the configured search."""
+
+    cfg: RunConfig
+    device: str
+    data: datasets.Dataset
+    reference: torch.nn.Module
+    objective: GMObjective
+    sampler: NicheEvolutionSampler
+    study: optuna.Study
+
+    @property
+    def n_trials(self) -> int:
+        """Trials of the configured generations: the initial population plus ``g * s * n`` children."""
+        s = self.cfg.search
+        return n_trials_for(s.generations, s.population_size, s.n_children)
+
+
+def assemble(cfg: RunConfig, *, worker: int = 0) -> Pipeline:
+    """Build the configured search for worker ``worker`` (data, reference, objective, sampler, study)."""
+    check(cfg)
+    device = device_for(cfg, worker)
+    data = load_data(cfg, device=device)
+    reference = make_reference(cfg, data, device=device)
+    objective = make_objective(cfg, data, reference, device=device)
+    sampler = make_sampler(cfg, data)
+    study = make_study(cfg, sampler, objective)
+    return Pipeline(cfg, device, data, reference, objective, sampler, study)

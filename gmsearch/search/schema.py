@@ -1,0 +1,284 @@
+"""The trial schema: every ``gmsearch:`` storage key, and reading and writing what a trial stores.
+
+All search state lives in Optuna storage, so any worker or a restarted
+process rebuilds the search from the database alone. This module is the one
+place that spells a ``gmsearch:`` key; everything else imports the constants.
+
+Per trial:
+
+- system attrs: :data:`GENOME_KEY` (the genome's JSON, written last by the
+  sampler: a genome on a trial means its bookkeeping is complete),
+  :data:`SURPLUS_KEY` (started after every planned trial was taken),
+  :data:`TOLD_FAIL_KEY` (failed by its own worker, never re-queued);
+- user attrs: :data:`PARENT_KEY` (parent trial number, None for an initial
+  candidate), :data:`GENERATION_KEY`, :data:`REPLACED_KEY` (the candidate the
+  child replaced, None: rejected), :data:`EPOCHS_KEY` (epochs the schedule
+  gives it), :data:`ARCH_KEY` (readable summary), :data:`WEIGHTS_KEY`
+  (artifact id of its trained weights), :data:`FAIL_REASON_KEY`, :data:`RIVAL_KEY`
+  (the candidate a pruner compared it with), and the plain metrics
+  ``clean_acc``, ``adv_acc``, ``epochs``, ``params``, ``train_seconds``.
+
+Per study: system attr :data:`SAMPLER_KEY` (the sampler's settings); user
+attrs :data:`DATA_KEY` (what rebuilds a network: input shape, classes),
+:data:`ATTACK_KEY` (the resolved attack and its full parameters),
+:data:`ARTIFACTS_KEY` (where trial weights live), :data:`BASELINE_KEY`,
+:data:`ATTRIBUTIONS_KEY`, and the prefixes :data:`REFINED_PREFIX` and
+:data:`RESULTS_PREFIX` (one attr per refined trial / paper table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.trial import FrozenTrial
+from torch import nn
+
+from gmsearch.nets.builder import build
+from gmsearch.nets.genome import Genome
+
+logger = logging.getLogger(__name__)
+
+# --- trial system attrs
+GENOME_KEY = "gmsearch:genome"
+SURPLUS_KEY = "gmsearch:surplus"
+TOLD_FAIL_KEY = "gmsearch:told_fail"
+# --- trial user attrs
+PARENT_KEY = "gmsearch:parent"
+GENERATION_KEY = "gmsearch:generation"
+REPLACED_KEY = "gmsearch:replaced"
+EPOCHS_KEY = "gmsearch:epochs"
+ARCH_KEY = "gmsearch:architecture"
+WEIGHTS_KEY = "gmsearch:weights"
+FAIL_REASON_KEY = "gmsearch:fail_reason"
+RIVAL_KEY = "gmsearch:rival"
+PRUNE_EPOCH_KEY = "gmsearch:would_prune_at"
+CLEAN_ACC = "clean_acc"
+ADV_ACC = "adv_acc"
+# --- study system attrs
+SAMPLER_KEY = "gmsearch:sampler"
+# --- study user attrs
+DATA_KEY = "gmsearch:data"
+ATTACK_KEY = "gmsearch:attack"
+ARTIFACTS_KEY = "gmsearch:artifacts"
+BASELINE_KEY = "gmsearch:baseline_table"
+ATTRIBUTIONS_KEY = "gmsearch:attributions"
+REFINED_PREFIX = "gmsearch:refined:"
+RESULTS_PREFIX = "gmsearch:results:"
+
+#: Folder name of the default artifact store, beside the study's database file.
+ARTIFACTS_DIR = "gmsearch_artifacts"
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """A 64-bit seed for trial ``number`` of a study seeded with ``seed`` (independent of the worker)."""
+    digest = hashlib.sha256(f"gmsearch:{seed}:{number}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def is_child(trial: FrozenTrial) -> bool:
+    """Whether ``trial`` is a child (it has a parent), not an initial candidate."""
+    return trial.user_attrs.get(PARENT_KEY) is not None
+
+
+def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
+    """The genome stored on a (running or finished) trial by :class:`~gmsearch.NicheEvolutionSampler`.
+
+    Raises:
+        optuna.TrialPruned: ``trial`` is a running surplus trial (the study
+            already has all its generations); the objective stops at once.
+        ValueError: the trial has no genome.
+    """
+    frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
+    text = frozen.system_attrs.get(GENOME_KEY)
+    if text is None:
+        if isinstance(trial, optuna.Trial) and frozen.system_attrs.get(SURPLUS_KEY):
+            raise optuna.TrialPruned(
+                f"trial {frozen.number} is surplus: every trial of the study's generations is already taken"
+            )
+        raise ValueError(
+            f"trial {frozen.number} has no genome (system attr {GENOME_KEY!r}); "
+            "run the study with gmsearch.NicheEvolutionSampler"
+        )
+    return Genome.from_json(text)
+
+
+# --------------------------------------------------------------------------- what the study records
+
+
+def record_data(study: optuna.Study, data: Any) -> None:
+    """Record what rebuilds a network of ``data`` (name, input shape, classes) on ``study``, once."""
+    if DATA_KEY not in study.user_attrs:
+        study.set_user_attr(
+            DATA_KEY,
+            {"name": data.name, "input_shape": list(data.input_shape), "num_classes": data.num_classes},
+        )
+
+
+def record_attack(study: optuna.Study, name: str, params: dict[str, Any]) -> None:
+    """Record the resolved attack (name and every parameter) on ``study``; warn if it was run with another."""
+    mine = {"name": name, "params": {k: (float(v) if isinstance(v, float) else v) for k, v in params.items()}}
+    stored = study.user_attrs.get(ATTACK_KEY)
+    if stored is None:
+        study.set_user_attr(ATTACK_KEY, mine)
+    elif stored != mine:
+        logger.warning("study %r was run with attack %s; this process uses %s", study.study_name, stored, mine)
+
+
+# --------------------------------------------------------------------------- where artifacts live
+
+
+def default_artifact_dir(storage_url: str | None) -> Path:
+    """The default artifact folder of a study: beside its SQLite or journal file, else ``./gmsearch_artifacts``."""
+    if storage_url:
+        for prefix in ("sqlite:///", "journal:"):
+            if storage_url.startswith(prefix) and storage_url != "sqlite:///:memory:":
+                return Path(storage_url[len(prefix) :]).resolve().parent / ARTIFACTS_DIR
+    return Path.cwd() / ARTIFACTS_DIR
+
+
+def storage_url(study: optuna.Study) -> str | None:
+    """The database URL of ``study``'s storage (None for in-memory and other storages)."""
+    storage: Any = study._storage
+    storage = getattr(storage, "_backend", storage)  # the cached storage wraps the RDB one
+    url = getattr(storage, "url", None)
+    if isinstance(url, str):
+        return url
+    path = getattr(getattr(storage, "_backend", None), "_file_path", None)
+    return f"journal:{path}" if path else None
+
+
+def recorded_artifact_dir(study: optuna.Study) -> Path | None:
+    """The artifact folder recorded on ``study`` (None: not recorded)."""
+    value = study.user_attrs.get(ARTIFACTS_KEY)
+    return Path(value) if isinstance(value, str) else None
+
+
+def record_artifact_dir(study: optuna.Study, folder: str | Path) -> None:
+    """Record where ``study``'s artifacts live (once; ``gmsearch export`` and reports read it)."""
+    resolved = str(Path(folder).resolve())
+    if study.user_attrs.get(ARTIFACTS_KEY) != resolved:
+        study.set_user_attr(ARTIFACTS_KEY, resolved)
+
+
+def artifact_dirs(study: optuna.Study, given: str | Path | None = None) -> list[Path]:
+    """Where to look for ``study``'s artifacts: ``given`` alone, else the recorded one, beside the database."""
+    if given is not None:
+        return [Path(given)]
+    dirs = []
+    recorded = recorded_artifact_dir(study)
+    if recorded is not None:
+        dirs.append(recorded)
+    dirs.append(default_artifact_dir(storage_url(study)))
+    dirs.append(Path.cwd() / ARTIFACTS_DIR)
+    return list(dict.fromkeys(dirs))
+
+
+def open_artifact_store(folder: str | Path) -> FileSystemArtifactStore:
+    """A file-system artifact store in ``folder`` (created)."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    return FileSystemArtifactStore(str(folder))
+
+
+# --------------------------------------------------------------------------- trained weights
+
+
+def save_weights(
+    store: FileSystemArtifactStore,
+    owner: optuna.Trial | optuna.Study,
+    net: nn.Module,
+    genome: Genome,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+) -> str:
+    """Upload a network's weights with what rebuilds it; returns the artifact id."""
+    fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="gmsearch-weights-")
+    os.close(fd)
+    try:
+        payload = {
+            "genome": genome.to_json(),
+            "state_dict": net.state_dict(),
+            "input_shape": [int(v) for v in input_shape],
+            "num_classes": int(num_classes),
+        }
+        torch.save(payload, tmp)
+        return upload_artifact(artifact_store=store, file_path=tmp, study_or_trial=owner)
+    finally:
+        os.unlink(tmp)
+
+
+def save_trial_weights(
+    trial: optuna.Trial, store: FileSystemArtifactStore, net: nn.Module, genome: Genome, *,
+    input_shape: Sequence[int], num_classes: int,
+) -> str:
+    """Save a trial's trained weights and note the artifact id on the trial."""
+    artifact_id = save_weights(store, trial, net, genome, input_shape=input_shape, num_classes=num_classes)
+    trial.set_user_attr(WEIGHTS_KEY, artifact_id)
+    return artifact_id
+
+
+def load_weights(artifact_id: str, stores: Sequence[FileSystemArtifactStore | str | Path]) -> dict[str, Any]:
+    """The payload of a weights artifact (``genome``, ``state_dict``, ``input_shape``, ``num_classes``).
+
+    ``stores`` are tried in order; a folder that does not hold the artifact is skipped.
+    """
+    tried = []
+    for store in stores:
+        if isinstance(store, str | Path):
+            if not (Path(store) / artifact_id).is_file():
+                tried.append(str(store))
+                continue
+            store = FileSystemArtifactStore(str(store))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "weights.pt"
+            download_artifact(artifact_store=store, artifact_id=artifact_id, file_path=str(path))
+            payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
+        return payload
+    raise ValueError(
+        f"weights artifact {artifact_id} not found in {', '.join(tried) or 'no store'}; "
+        "pass the study's artifact folder (--artifacts DIR)"
+    )
+
+
+def build_from_weights(
+    payload: dict[str, Any],
+    *,
+    input_shape: Sequence[int] | None = None,
+    num_classes: int | None = None,
+    device: str | torch.device = "cpu",
+) -> nn.Module:
+    """Rebuild the network of a weights payload and load its weights (eval mode)."""
+    shape = input_shape or payload.get("input_shape")
+    classes = num_classes or payload.get("num_classes")
+    if shape is None or classes is None:
+        raise ValueError("the weights record neither input shape nor number of classes; pass them")
+    channels, h, w = (int(v) for v in shape)
+    net = build(Genome.from_json(payload["genome"]), in_channels=channels, num_classes=int(classes),
+                image_size=(h, w))
+    net.load_state_dict(payload["state_dict"])
+    return net.to(device).eval()
+
+
+def trial_weights_id(trial: FrozenTrial, *, refined_from: optuna.Study | None = None) -> str:
+    """The weights artifact id of ``trial`` (its refined weights when ``refined_from`` is its study)."""
+    if refined_from is not None:
+        record = refined_from.user_attrs.get(f"{REFINED_PREFIX}{trial.number}") or {}
+        if record.get("weights") is None:
+            raise ValueError(f"trial {trial.number} has not been refined (see gmsearch.refine)")
+        return str(record["weights"])
+    artifact_id = trial.user_attrs.get(WEIGHTS_KEY)
+    if artifact_id is None:
+        raise ValueError(
+            f"trial {trial.number} ({trial.state.name}) has no saved weights (user attr {WEIGHTS_KEY!r}); "
+            "only trials that finished with an artifact store have them"
+        )
+    return str(artifact_id)
