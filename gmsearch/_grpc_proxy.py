@@ -78,7 +78,7 @@ class BeatHeartbeat(BaseHeartbeat):
     _stale_callback: Callable[[optuna.Study, FrozenTrial], None] | None
     _clock: Callable[[], float]
     _monotonic: Callable[[], float]
-    _silent_since: dict[int, float]
+    _silent_since: dict[int, dict[int, float]]
 
     def _init_heartbeat(
         self,
@@ -98,7 +98,7 @@ class BeatHeartbeat(BaseHeartbeat):
         self._stale_callback = _RetryWithoutBeat(max_retry=max_retry) if heartbeat_interval else None
         self._clock = clock
         self._monotonic = monotonic
-        self._silent_since = {}  # trial id -> when this process first saw it RUNNING without a beat
+        self._silent_since = {}  # study id -> trial id -> when this process first saw it RUNNING without a beat
 
     def _storage(self) -> BaseStorage:
         assert isinstance(self, BaseStorage), "BeatHeartbeat must be mixed into a BaseStorage"
@@ -117,7 +117,7 @@ class BeatHeartbeat(BaseHeartbeat):
         return stale_trial_ids(
             self._storage().get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)),
             grace_period=self._grace_period, now=self._clock(), seen_now=self._monotonic(),
-            silent_since=self._silent_since,
+            silent_since=self._silent_since.setdefault(study_id, {}),
         )
 
     def get_heartbeat_interval(self) -> int | None:
@@ -287,9 +287,14 @@ def serve(
         ready(f"gmsearch storage-server: serving {_mask(storage)} at grpc://{host}:{port}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.run_grpc_proxy_server(
-            cached, host=host, port=port, thread_pool=ThreadPoolExecutor(max_workers=threads)
-        )
+        try:
+            optuna.storages.run_grpc_proxy_server(
+                cached, host=host, port=port, thread_pool=ThreadPoolExecutor(max_workers=threads)
+            )
+        except RuntimeError as exc:
+            if "bind" not in str(exc):
+                raise
+            raise ValueError(f"storage-server cannot listen on {host}:{port} (port in use?): {exc}") from exc
 
 
 def _mask(url: str) -> str:
