@@ -1,4 +1,4 @@
-"""The ``gmsearch`` command line: quickstart, run, report, export, plugins."""
+"""The ``gmsearch`` command line: quickstart, run, report, export, plugins, storage-server."""
 
 from __future__ import annotations
 
@@ -67,6 +67,17 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_storage_server(args: argparse.Namespace) -> int:
+    from gmsearch.search.grpc_proxy import serve
+
+    try:
+        serve(args.storage, host=args.host, port=args.port, threads=args.threads,
+              ready=lambda line: print(line, flush=True))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="gmsearch",
@@ -118,6 +129,17 @@ def make_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")
     p.add_argument("--plugin", action="append", help="also load this plugin folder (name or path)")
     p.set_defaults(func=_cmd_plugins)
+
+    ss = sub.add_parser(
+        "storage-server",
+        help="serve a study database to many workers through Optuna's gRPC proxy (workers: storage = grpc://HOST:PORT)",
+    )
+    ss.add_argument("--storage", required=True, help="database URL, e.g. postgresql://user:pass@dbhost/gmsearch")
+    ss.add_argument("--host", default="localhost",
+                    help="interface to listen on (default localhost; 0.0.0.0 for workers on other machines)")
+    ss.add_argument("--port", type=int, default=13000, help="TCP port (default 13000)")
+    ss.add_argument("--threads", type=int, default=10, help="requests served at once (default 10)")
+    ss.set_defaults(func=_cmd_storage_server)
     return parser
 
 

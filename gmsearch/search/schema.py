@@ -9,7 +9,8 @@ Per trial:
 - system attrs: :data:`GENOME_KEY` (the genome's JSON, written last by the
   sampler: a genome on a trial means its bookkeeping is complete),
   :data:`SURPLUS_KEY` (started after every planned trial was taken),
-  :data:`TOLD_FAIL_KEY` (failed by its own worker, never re-queued);
+  :data:`TOLD_FAIL_KEY` (failed by its own worker, never re-queued), :data:`BEAT_KEY`
+  (last heartbeat of a running trial through the gRPC proxy);
 - user attrs: :data:`PARENT_KEY` (parent trial number, None for an initial
   candidate), :data:`GENERATION_KEY`, :data:`REPLACED_KEY` (the candidate the
   child replaced, None: rejected), :data:`EPOCHS_KEY` (epochs the schedule
@@ -51,6 +52,7 @@ logger = logging.getLogger(__name__)
 GENOME_KEY = "gmsearch:genome"
 SURPLUS_KEY = "gmsearch:surplus"
 TOLD_FAIL_KEY = "gmsearch:told_fail"
+BEAT_KEY = "gmsearch:beat"  # unix time of a running trial's last heartbeat through the gRPC proxy
 # --- trial user attrs
 PARENT_KEY = "gmsearch:parent"
 GENERATION_KEY = "gmsearch:generation"

@@ -4,7 +4,9 @@
 of the same name, and on RDB storages (SQLite, PostgreSQL, MySQL) turns on
 Optuna's heartbeat with ``RetryHeartbeatStaleTrialCallback``: a trial whose
 worker died is failed and re-queued with its system attrs, so the retry keeps
-its genome and parent.
+its genome and parent. Through a gRPC storage proxy (``grpc://HOST:PORT``)
+the same is done by gmsearch's heartbeat written as trial attrs
+(``gmsearch.search.grpc_proxy``).
 """
 
 from __future__ import annotations
@@ -48,12 +50,14 @@ def make_storage(
     """An Optuna storage for ``storage``: RDB URLs get heartbeat + retry of stale trials.
 
     ``None`` stays in-memory; ``journal:PATH`` opens a journal file storage;
-    ``postgresql://`` uses psycopg 3 when psycopg2 is not installed.
+    ``postgresql://`` uses psycopg 3 when psycopg2 is not installed;
+    ``grpc://HOST:PORT`` opens a ``gmsearch storage-server`` (Optuna's gRPC
+    proxy) with gmsearch's heartbeat through it (see ``gmsearch.search.grpc_proxy``).
 
     Args:
         storage: URL, Optuna storage (returned as is) or None.
         heartbeat_interval: Seconds between heartbeats of running trials on
-            RDB storages (None or 0: no heartbeat).
+            RDB and gRPC proxy storages (None or 0: no heartbeat).
         grace_period: Seconds without heartbeat before a trial is stale
             (None: twice the interval).
         max_retry: How many times a stale trial is re-queued (None: always).
@@ -66,10 +70,16 @@ def make_storage(
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(storage[len("journal:") :]))
+    if storage.startswith("grpc://"):  # a `gmsearch storage-server`: the heartbeat goes through it as trial attrs
+        from gmsearch.search.grpc_proxy import grpc_storage
+
+        return grpc_storage(
+            storage, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry
+        )
     if "://" not in storage:
         raise ValueError(
             f"storage {storage!r} is not a database URL; use e.g. 'sqlite:///gmsearch.db', "
-            "'postgresql://user:pass@host/db' or 'journal:path.log'"
+            "'postgresql://user:pass@host/db', 'grpc://host:13000' or 'journal:path.log'"
         )
     storage = _with_installed_postgres_driver(storage)
     engine_kwargs: dict[str, Any] = {}
@@ -106,14 +116,14 @@ def create_study(
     Args:
         study_name: Name in the storage (resumed when it exists).
         storage: URL (``sqlite:///gmsearch.db`` by default, ``postgresql://...``
-            for many workers, ``journal:FILE``), an Optuna storage, or None
-            for in-memory.
+            for many workers, ``grpc://HOST:PORT`` for a ``gmsearch storage-server``,
+            ``journal:FILE``), an Optuna storage, or None for in-memory.
         sampler: Usually a :class:`~gmsearch.NicheEvolutionSampler`.
         pruner: Optuna pruner (default: none; GM training reports per epoch).
         direction: ``"maximize"`` (default) or ``"minimize"``.
         directions: For multi-objective studies, e.g. with ``pareto`` fitness.
         load_if_exists: Resume a study of the same name.
-        heartbeat_interval: Seconds between heartbeats on RDB storages (None: off).
+        heartbeat_interval: Seconds between heartbeats on RDB and gRPC proxy storages (None: off).
         grace_period: Seconds before a silent trial counts as stale.
     """
     if direction is None and directions is None:
