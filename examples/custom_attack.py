@@ -15,6 +15,7 @@ from __future__ import annotations
 import tempfile
 
 import optuna
+import torch
 from torch import Tensor, nn
 
 import gmsearch as gms
@@ -27,8 +28,8 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class FGML2(attacks.Attack):
     """Fast gradient method, L2: one normalised-gradient step of length eps."""
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        grad = self.input_grad(model, x, y)
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:
+        grad = self.input_grad(model, x, y, generator)
         norms = grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
         return (x + self.eps * grad / norms).clamp(0, 1)
 

@@ -386,7 +386,7 @@ def test_custom_attack_registers(clean_registry: None, models: tuple[nn.Module, 
         def stochastic(self) -> bool:
             return True
 
-        def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
+        def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:
             return start
 
         def start(self, x: Tensor, generator: torch.Generator) -> Tensor:

@@ -1,30 +1,20 @@
-"""Attacks: one registry of adversarial attacks and the cached adversarial sets made from the reference.
+"""Attacks: one registry of adversarial attacks (one attack a file) and the cached adversarial sets
+made from the reference.
 
-Every attack is a class with its hyper-parameters as constructor arguments and
+Every attack is a class whose hyper-parameters are keyword-only fields and has
 one call signature, ``attack(model, x, y) -> x_adv``; plugins register with
 ``@gms.attacks.register(name)``.
 """
 
 from __future__ import annotations
 
-from gmsearch.attacks._base import (
-    FGSM,
-    MIFGSM,
-    PGDL2,
-    AdversarialSet,
-    Attack,
-    EnsembleAttack,
-    ModelEnsemble,
-    PGDLinf,
-    adversarial_set,
-    create,
-    default_budget,
-    get,
-    model_fingerprint,
-    names,
-    register,
-    registry,
-)
+from gmsearch.attacks._base import Attack, constructor_params, create, get, names, register, registry
+from gmsearch.attacks.adversarial_set import AdversarialSet, adversarial_set
+from gmsearch.attacks.budgets import default_budget
+from gmsearch.attacks.ensemble import EnsembleAttack, ModelEnsemble, model_fingerprint
+from gmsearch.attacks.fgsm import FGSM
+from gmsearch.attacks.mifgsm import MIFGSM
+from gmsearch.attacks.pgd import PGDL2, PGDLinf
 
 __all__ = [
     "FGSM",
@@ -36,6 +26,7 @@ __all__ = [
     "ModelEnsemble",
     "PGDLinf",
     "adversarial_set",
+    "constructor_params",
     "create",
     "default_budget",
     "get",

@@ -27,58 +27,34 @@ Example:
     >>> attack.describe()
     'pgd_linf(eps=0.2, alpha=0.05, steps=10, random_start=True, seed=0)'
 
-A new attack subclasses :class:`Attack`, stores each constructor argument as
-an attribute of the same name and implements :meth:`Attack.perturb`::
+A new attack subclasses :class:`Attack` (or a built-in), declares its own
+hyper-parameters as annotated fields (the parent's are inherited) and
+implements :meth:`Attack.perturb`::
 
     @attacks.register("fgm_l2")
     class FGML2(attacks.Attack):
         '''One L2-normalised gradient step of length eps.'''
 
-        def perturb(self, model, x, y, start):
-            g = self.input_grad(model, x, y)
+        def perturb(self, model, x, y, start, generator):
+            g = self.input_grad(model, x, y, generator)
             norms = g.flatten(1).norm(dim=1).clamp_min(1e-12)
             return (x + self.eps * g / norms.view(-1, *[1] * (x.dim() - 1))).clamp(0, 1)
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
-import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, ClassVar, Literal, TypeVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar, dataclass_transform
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmsearch.cache import CacheError, cached_tensors, content_hash, save_tensors, state_digest, tensor_digest
 from gmsearch.registry import Registry
-
-logger = logging.getLogger(__name__)
-
-__all__ = [
-    "FGSM",
-    "MIFGSM",
-    "PGDL2",
-    "AdversarialSet",
-    "Attack",
-    "EnsembleAttack",
-    "ModelEnsemble",
-    "PGDLinf",
-    "adversarial_set",
-    "create",
-    "default_budget",
-    "get",
-    "model_fingerprint",
-    "names",
-    "register",
-    "registry",
-]
 
 #: All attacks, by name. ``gmsearch plugins`` lists it.
 registry = Registry[type["Attack"]]("attack")
@@ -128,14 +104,14 @@ def names() -> list[str]:
 
 
 def constructor_params(cls: type[Attack]) -> list[str] | None:
-    """Keyword names ``cls`` accepts, or ``None`` when it takes ``**kwargs``."""
+    """Keyword names ``cls`` accepts (the common ``batch_size`` and ``seed`` last), or ``None`` for ``**kwargs``."""
     allowed = []
     for p in list(inspect.signature(cls.__init__).parameters.values())[1:]:
         if p.kind is inspect.Parameter.VAR_KEYWORD:
             return None
         if p.kind is not inspect.Parameter.VAR_POSITIONAL:
             allowed.append(p.name)
-    return allowed
+    return sorted(allowed, key=lambda name: name in ("batch_size", "seed"))
 
 
 def create(name: str, **params: Any) -> Attack:
@@ -240,31 +216,44 @@ def _per_sample(values: Tensor, like: Tensor) -> Tensor:
 # --------------------------------------------------------------------------- base class
 
 
+@dataclass_transform(kw_only_default=True, eq_default=False)
+@dataclass(kw_only=True, eq=False, repr=False)
 class Attack:
     """Base class: an untargeted attack maximising cross-entropy within a budget ``eps``.
 
-    Subclasses implement :meth:`perturb` for one chunk and, when they start
-    from a random point, :meth:`start` and :attr:`stochastic`. Each
-    constructor argument must be stored as an attribute of the same name so
-    :meth:`params` (cache keys, printing) finds it.
+    Hyper-parameters are annotated class fields: every subclass is made a
+    keyword-only dataclass, so it inherits its parent's hyper-parameters and
+    declares only its own (validated in ``__post_init__``, which calls
+    ``super().__post_init__()``). Subclasses implement :meth:`perturb` for one
+    chunk and, when they start from a random point, :meth:`start` and
+    :attr:`stochastic`.
 
     Args:
         eps: Perturbation budget (its norm is up to the attack).
         batch_size: Images attacked at once; changes memory use, not the result.
-        seed: Seeds the random start (a ``torch.Generator`` on the input device).
+        seed: Seeds the attack's ``torch.Generator`` (on the input device), which
+            draws the random start and is passed to :meth:`perturb`.
     """
 
     #: Registry name; set by :func:`register`.
     name: ClassVar[str] = ""
 
-    def __init__(self, *, eps: float, batch_size: int = 512, seed: int = 0) -> None:
-        self.eps = _check_number("eps", eps)
-        self.batch_size = _check_int("batch_size", batch_size, low=1)
-        self.seed = _check_int("seed", seed, low=0)
+    eps: float
+    batch_size: int = 512
+    seed: int = 0
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        dataclass(kw_only=True, eq=False, repr=False)(cls)  # in place: fields, __init__
+
+    def __post_init__(self) -> None:
+        self.eps = _check_number("eps", self.eps)
+        self.batch_size = _check_int("batch_size", self.batch_size, low=1)
+        self.seed = _check_int("seed", self.seed, low=0)
 
     # ---- what subclasses implement
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
+    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:
         """Adversarial version of one chunk ``x`` (model in eval mode, gradients enabled).
 
         Args:
@@ -272,11 +261,13 @@ class Attack:
             x: Clean images of the chunk, in ``[0, 1]``.
             y: Their true labels.
             start: Where to start (``x`` itself unless :meth:`start` says otherwise).
+            generator: The attack's random stream for this call (seeded with ``seed``),
+                for attacks that draw at every step.
 
         Returns:
             Images of ``x``'s shape and device in ``[0, 1]``.
         """
-        raise NotImplementedError(f"{type(self).__name__} must implement perturb(model, x, y, start)")
+        raise NotImplementedError(f"{type(self).__name__} must implement perturb(model, x, y, start, generator)")
 
     @property
     def stochastic(self) -> bool:
@@ -289,8 +280,15 @@ class Attack:
 
     # ---- shared machinery
 
-    def input_grad(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        """Gradient of the summed cross-entropy w.r.t. ``x`` only (parameters are frozen)."""
+    def input_grad(
+        self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None
+    ) -> Tensor:
+        """Gradient of the summed cross-entropy w.r.t. ``x`` only (parameters are frozen).
+
+        The built-in attacks take every step's gradient here, so a subclass that
+        changes how a gradient is taken (e.g. on a randomly transformed input,
+        drawing from ``generator``) overrides only this.
+        """
         x = x.detach().requires_grad_(True)
         loss = F.cross_entropy(model(x), y, reduction="sum")
         (grad,) = torch.autograd.grad(loss, x)
@@ -314,32 +312,18 @@ class Attack:
         if x.shape[0] == 0:
             return x.clone()
         with _frozen_eval(model):
-            start = x
-            if self.stochastic:
-                generator = torch.Generator(device=x.device)
-                generator.manual_seed(self.seed)
-                start = self.start(x, generator)
+            generator = torch.Generator(device=x.device).manual_seed(self.seed)
+            start = self.start(x, generator) if self.stochastic else x
             out = torch.empty_like(x)
             for lo in range(0, x.shape[0], self.batch_size):
                 hi = lo + self.batch_size
-                out[lo:hi] = self.perturb(model, x[lo:hi], y[lo:hi], start[lo:hi])
+                out[lo:hi] = self.perturb(model, x[lo:hi], y[lo:hi], start[lo:hi], generator)
         return out
 
     def params(self) -> dict[str, Any]:
-        """Hyper-parameters by constructor name (``seed`` included, ``batch_size`` not)."""
-        out: dict[str, Any] = {}
-        for p in list(inspect.signature(type(self).__init__).parameters.values())[1:]:
-            if p.kind in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
-                continue
-            if p.name in _NOT_HYPER_PARAMETERS:
-                continue
-            if not hasattr(self, p.name):
-                raise TypeError(
-                    f"{type(self).__name__} must store constructor argument {p.name!r} as "
-                    f"self.{p.name} (or override params())"
-                )
-            out[p.name] = getattr(self, p.name)
-        return out
+        """Hyper-parameters by name, ``seed`` last (``batch_size`` left out: it never changes the result)."""
+        names = sorted((f.name for f in fields(self) if f.name not in _NOT_HYPER_PARAMETERS), key=lambda n: n == "seed")
+        return {name: getattr(self, name) for name in names}
 
     def describe(self) -> str:
         """One line naming the attack and its budget, e.g. ``pgd_linf(eps=0.2, ...)``."""
@@ -349,515 +333,3 @@ class Attack:
 
     def __repr__(self) -> str:
         return self.describe()
-
-
-# --------------------------------------------------------------------------- built-ins
-
-
-@register("fgsm")
-class FGSM(Attack):
-    """Fast gradient sign method, one L-inf step of size eps (Goodfellow et al. 2015).
-
-    Args:
-        eps: L-inf budget.
-        batch_size: Images attacked at once.
-        seed: Unused (deterministic); kept for a uniform signature.
-    """
-
-    def __init__(self, *, eps: float = 8 / 255, batch_size: int = 512, seed: int = 0) -> None:
-        super().__init__(eps=eps, batch_size=batch_size, seed=seed)
-
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        """One signed-gradient step from ``x``, clamped to ``[0, 1]``."""
-        grad = self.input_grad(model, x, y)
-        return torch.clamp(x + self.eps * grad.sign(), min=0, max=1)
-
-
-@register("pgd_linf")
-class PGDLinf(Attack):
-    """Projected gradient descent in the L-inf ball (Madry et al. 2018).
-
-    Matches ``torchattacks.PGD`` update for update (with ``random_start=False``
-    exactly; with a random start the draw comes from this attack's seeded
-    generator on the input device).
-
-    Args:
-        eps: L-inf budget. Default 8/255 (RGB, Madry et al.); grey digit sets
-            need more, see :func:`default_budget`.
-        alpha: Step size.
-        steps: Number of steps.
-        random_start: Start from a uniform point in the eps-ball.
-        batch_size: Images attacked at once.
-        seed: Seeds the random start.
-    """
-
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        random_start: bool = True,
-        batch_size: int = 512,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps=eps, batch_size=batch_size, seed=seed)
-        self.alpha = _check_number("alpha", alpha, strict=True)
-        self.steps = _check_int("steps", steps, low=0)
-        self.random_start = _check_bool("random_start", random_start)
-
-    @property
-    def stochastic(self) -> bool:
-        """True when starting from a random point."""
-        return self.random_start
-
-    def start(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A uniform point in the L-inf eps-ball around ``x``, clamped to ``[0, 1]``."""
-        noise = torch.empty_like(x).uniform_(-self.eps, self.eps, generator=generator)
-        return torch.clamp(x + noise, min=0, max=1)
-
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        """``steps`` signed-gradient steps, each projected to the eps-ball and ``[0, 1]``."""
-        adv = start
-        for _ in range(self.steps):
-            grad = self.input_grad(model, adv, y)
-            adv = adv.detach() + self.alpha * grad.sign()
-            delta = torch.clamp(adv - x, min=-self.eps, max=self.eps)
-            adv = torch.clamp(x + delta, min=0, max=1)
-        return adv.detach()
-
-
-@register("pgd_l2")
-class PGDL2(Attack):
-    """Projected gradient descent in the L2 ball (Madry et al. 2018).
-
-    Matches ``torchattacks.PGDL2`` (gradient norms offset by 1e-10, the
-    perturbation rescaled onto the ball, then clamped to ``[0, 1]``).
-
-    Args:
-        eps: L2 budget per image.
-        alpha: Step length (L2).
-        steps: Number of steps.
-        random_start: Start from a random point in the eps-ball.
-        batch_size: Images attacked at once.
-        seed: Seeds the random start.
-    """
-
-    #: Added to gradient norms before dividing (as torchattacks).
-    eps_for_division: ClassVar[float] = 1e-10
-
-    def __init__(
-        self,
-        *,
-        eps: float = 1.0,
-        alpha: float = 0.2,
-        steps: int = 10,
-        random_start: bool = True,
-        batch_size: int = 512,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps=eps, batch_size=batch_size, seed=seed)
-        self.alpha = _check_number("alpha", alpha, strict=True)
-        self.steps = _check_int("steps", steps, low=0)
-        self.random_start = _check_bool("random_start", random_start)
-
-    @property
-    def stochastic(self) -> bool:
-        """True when starting from a random point."""
-        return self.random_start
-
-    def start(self, x: Tensor, generator: torch.Generator) -> Tensor:
-        """A random direction scaled to a uniform radius in ``[0, eps]`` (as torchattacks)."""
-        delta = torch.empty_like(x).normal_(generator=generator)
-        norms = _per_sample(delta.flatten(1).norm(p=2, dim=1), x)
-        radius = torch.empty_like(norms).uniform_(0, 1, generator=generator)
-        return torch.clamp(x + delta * (radius / norms * self.eps), min=0, max=1)
-
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        """``steps`` normalised-gradient steps, each projected to the L2 ball and ``[0, 1]``."""
-        adv = start
-        for _ in range(self.steps):
-            grad = self.input_grad(model, adv, y)
-            grad_norms = grad.flatten(1).norm(p=2, dim=1) + self.eps_for_division
-            adv = adv.detach() + self.alpha * (grad / _per_sample(grad_norms, grad))
-            delta = adv - x
-            delta_norms = delta.flatten(1).norm(p=2, dim=1)
-            factor = torch.clamp(self.eps / delta_norms, max=1.0)  # eps / 0 = inf -> 1
-            adv = torch.clamp(x + delta * _per_sample(factor, delta), min=0, max=1)
-        return adv.detach()
-
-
-@register("mi_fgsm")
-class MIFGSM(Attack):
-    """Momentum iterative FGSM, for transferable examples (Dong et al. 2018).
-
-    Matches ``torchattacks.MIFGSM``: each gradient is divided by its mean
-    absolute value per image and added to the decayed momentum, whose sign
-    drives an L-inf step. (A zero gradient gives a zero step here rather
-    than NaN.)
-
-    Args:
-        eps: L-inf budget.
-        alpha: Step size.
-        steps: Number of steps.
-        decay: Momentum decay factor mu.
-        batch_size: Images attacked at once.
-        seed: Unused (deterministic); kept for a uniform signature.
-    """
-
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
-        batch_size: int = 512,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps=eps, batch_size=batch_size, seed=seed)
-        self.alpha = _check_number("alpha", alpha, strict=True)
-        self.steps = _check_int("steps", steps, low=0)
-        self.decay = _check_number("decay", decay)
-
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        """``steps`` momentum steps, each projected to the eps-ball and ``[0, 1]``."""
-        dims = tuple(range(1, x.dim()))
-        momentum = torch.zeros_like(x)
-        tiny = torch.finfo(x.dtype).tiny
-        adv = start
-        for _ in range(self.steps):
-            grad = self.input_grad(model, adv, y)
-            grad = grad / torch.mean(torch.abs(grad), dim=dims, keepdim=True).clamp_min(tiny)
-            momentum = grad + momentum * self.decay
-            adv = adv.detach() + self.alpha * momentum.sign()
-            delta = torch.clamp(adv - x, min=-self.eps, max=self.eps)
-            adv = torch.clamp(x + delta, min=0, max=1)
-        return adv.detach()
-
-
-# --------------------------------------------------------------------------- ensembles
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """``ClassName@digest``: a model's class, structure (its repr) and weights/buffers.
-
-    Two models share a fingerprint only if they print the same and hold the
-    same state, so it identifies the source of an adversarial set.
-    """
-    h = hashlib.sha256()
-    h.update(f"{type(model).__module__}.{type(model).__qualname__}|".encode())
-    h.update(repr(model).encode())
-    state = model.state_dict()
-    # Shapes hashed apart, values flattened: 0-d buffers (BatchNorm's step count) can't be viewed as bytes.
-    h.update(repr([(k, v.dtype, tuple(v.shape)) for k, v in sorted(state.items())]).encode())
-    h.update(state_digest({k: v.reshape(-1) for k, v in state.items()}).encode())
-    return f"{type(model).__qualname__}@{h.hexdigest()[:16]}"
-
-
-class ModelEnsemble(nn.Module):
-    """Several classifiers as one: any attack run against it attacks them all at once.
-
-    ``combine="logits"`` averages the members' logits (Dong et al. 2018 found
-    this fusion the strongest for transfer); ``combine="probs"`` returns the
-    log of the averaged softmax probabilities (Liu et al. 2017), so
-    cross-entropy on the output is ``-log(mean_i p_i(y|x))``.
-
-    Args:
-        models: The member classifiers (all on one device).
-        combine: ``"logits"`` or ``"probs"``.
-        weights: Non-negative member weights, normalised to sum to one; default equal.
-
-    Example:
-        >>> import torch
-        >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-        >>> ModelEnsemble([a, b])(torch.rand(2, 4)).shape
-        torch.Size([2, 3])
-    """
-
-    def __init__(
-        self,
-        models: Sequence[nn.Module],
-        *,
-        combine: Literal["logits", "probs"] = "logits",
-        weights: Sequence[float] | None = None,
-    ) -> None:
-        super().__init__()
-        members = list(models)
-        if not members or not all(isinstance(m, nn.Module) for m in members):
-            raise ValueError(f"models must be a non-empty sequence of nn.Module, got {models!r}")
-        if combine not in ("logits", "probs"):
-            raise ValueError(f"combine must be 'logits' or 'probs', got {combine!r}")
-        raw = [1.0] * len(members) if weights is None else list(weights)
-        if len(raw) != len(members):
-            raise ValueError(f"weights must have one value per model ({len(members)}), got {len(raw)}")
-        for i, w in enumerate(raw):
-            _check_number(f"weights[{i}]", w)
-        if sum(raw) <= 0:
-            raise ValueError(f"weights must not all be zero, got {raw!r}")
-        self.members = nn.ModuleList(members)
-        self.combine = combine
-        self.weights = tuple(float(w) / sum(raw) for w in raw)
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Combined logits (or log mean probabilities) of the members."""
-        outs = [m(x) for m in self.members]
-        if self.combine == "logits":
-            return sum((w * o for w, o in zip(self.weights, outs, strict=True)), torch.zeros_like(outs[0]))
-        logs = torch.stack(
-            [F.log_softmax(o, dim=-1) + math.log(w) for w, o in zip(self.weights, outs, strict=True) if w > 0]
-        )
-        return torch.logsumexp(logs, dim=0)
-
-    def extra_repr(self) -> str:
-        return f"combine={self.combine!r}, weights={self.weights}"
-
-
-@register("ensemble")
-class EnsembleAttack(Attack):
-    """Attack several source models at once: ``attack`` against their :class:`ModelEnsemble`.
-
-    ``ensemble(model, x, y)`` attacks ``ModelEnsemble([model, *models])``; the
-    first argument may also be a sequence of models (then ``models`` are
-    appended to it). The budget, steps and seed are the inner attack's.
-
-    Args:
-        attack: The inner attack, an instance or a registered name.
-        attack_params: Parameters for ``attack`` when it is given by name.
-        models: Extra source models attacked together with the one passed at call time.
-        combine: ``"logits"`` (average logits) or ``"probs"`` (average probabilities).
-        weights: One weight per member, call-time model(s) first; default equal.
-
-    Example:
-        >>> import torch
-        >>> a, b = torch.nn.Linear(4, 3), torch.nn.Linear(4, 3)
-        >>> ens = EnsembleAttack(attack="fgsm", attack_params={"eps": 0.1})
-        >>> ens([a, b], torch.rand(2, 4), torch.tensor([0, 1])).shape
-        torch.Size([2, 4])
-    """
-
-    def __init__(
-        self,
-        *,
-        attack: Attack | str = "pgd_linf",
-        attack_params: Mapping[str, Any] | None = None,
-        models: Sequence[nn.Module] = (),
-        combine: Literal["logits", "probs"] = "logits",
-        weights: Sequence[float] | None = None,
-    ) -> None:
-        if isinstance(attack, Attack):
-            if attack_params:
-                raise ValueError("attack_params only apply when attack is given by name")
-            inner = attack
-        elif isinstance(attack, str):
-            inner = create(attack, **dict(attack_params or {}))
-        else:
-            raise ValueError(f"attack must be an Attack or a registered name, got {attack!r}")
-        if isinstance(inner, EnsembleAttack):
-            raise ValueError("an ensemble attack cannot wrap another ensemble attack")
-        if combine not in ("logits", "probs"):
-            raise ValueError(f"combine must be 'logits' or 'probs', got {combine!r}")
-        super().__init__(eps=inner.eps, batch_size=inner.batch_size, seed=inner.seed)
-        self.attack = inner
-        self.models = tuple(models)
-        if not all(isinstance(m, nn.Module) for m in self.models):
-            raise ValueError(f"models must be nn.Module instances, got {models!r}")
-        self.combine = combine
-        self.weights = None if weights is None else tuple(float(w) for w in weights)
-
-    @property
-    def stochastic(self) -> bool:
-        """Whether the inner attack is."""
-        return self.attack.stochastic
-
-    def ensemble(self, model: nn.Module | Sequence[nn.Module]) -> ModelEnsemble:
-        """The ensemble attacked for call-time ``model`` (one module or several)."""
-        first = [model] if isinstance(model, nn.Module) and not isinstance(model, nn.ModuleList) else model
-        return ModelEnsemble([*first, *self.models], combine=self.combine, weights=self.weights)
-
-    def __call__(  # also accepts a sequence of models
-        self, model: nn.Module | Sequence[nn.Module], x: Tensor, y: Tensor
-    ) -> Tensor:
-        """Adversarial examples against the ensemble of ``model`` and ``models``."""
-        return self.attack(self.ensemble(model), x, y)
-
-    def params(self) -> dict[str, Any]:
-        """The inner attack and its parameters, the extra models' fingerprints, the fusion."""
-        return {
-            "attack": self.attack.name or type(self.attack).__name__,
-            "attack_params": self.attack.params(),
-            "models": [model_fingerprint(m) for m in self.models],
-            "combine": self.combine,
-            "weights": None if self.weights is None else list(self.weights),
-        }
-
-    def describe(self) -> str:
-        """E.g. ``ensemble(pgd_linf(eps=0.2, ...), +2 models, combine='logits')``."""
-        extra = f", +{len(self.models)} models" if self.models else ""
-        weights = f", weights={list(self.weights)}" if self.weights is not None else ""
-        return f"{self.name}({self.attack.describe()}{extra}, combine={self.combine!r}{weights})"
-
-
-# --------------------------------------------------------------------------- budgets
-
-
-def default_budget(name: str, *, in_channels: int) -> dict[str, Any]:
-    """Default budget for attack ``name`` on images with ``in_channels`` channels.
-
-    RGB sets get Madry et al.'s L-inf PGD budget (eps 8/255, step 2/255, 10
-    steps). Grey digit sets need more: measured on digits at 16x16 with a
-    hand_a-like reference (see DESIGN.md, "Attack budgets that discriminate"),
-    L-inf eps 0.1 leaves an independently trained copy of the reference at
-    47% and a GM-trained copy at the 99.7% ceiling, while eps 0.2 (step
-    eps/4) gives 1% and 90%, so 0.2 is the grey default. L2 budgets are the
-    usual ones from the literature (0.5 for CIFAR-10, 2.0 for MNIST), not
-    measured here.
-
-    Returns:
-        Keyword arguments for :func:`create` (``{}`` for attacks without a default).
-    """
-    grey = _check_int("in_channels", in_channels, low=1) == 1
-    linf: dict[str, Any] = (
-        {"eps": 0.2, "alpha": 0.05, "steps": 10} if grey else {"eps": 8 / 255, "alpha": 2 / 255, "steps": 10}
-    )
-    budgets: dict[str, dict[str, Any]] = {
-        "pgd_linf": linf,
-        "mi_fgsm": linf,
-        "fgsm": {"eps": linf["eps"]},
-        "pgd_l2": (
-            {"eps": 2.0, "alpha": 0.5, "steps": 10} if grey else {"eps": 0.5, "alpha": 0.125, "steps": 10}
-        ),
-    }
-    get(name)  # unknown names fail with the list of available ones
-    return dict(budgets.get(name, {}))
-
-
-# --------------------------------------------------------------------------- adversarial sets
-
-
-@dataclass(frozen=True)
-class AdversarialSet:
-    """Adversarial images generated once from a source model, with their true labels.
-
-    Attributes:
-        x: Adversarial images, same shape as the clean split's ``x``.
-        y: True labels.
-        attack: The attack and budget that made them (``Attack.describe()``).
-        source: The source model's fingerprint (``ClassName@digest``).
-    """
-
-    x: Tensor
-    y: Tensor
-    attack: str
-    source: str
-
-    def to(self, device: torch.device | str) -> AdversarialSet:
-        """A copy with ``x`` and ``y`` on ``device``."""
-        return AdversarialSet(
-            x=self.x.to(device), y=self.y.to(device), attack=self.attack, source=self.source
-        )
-
-    def __len__(self) -> int:
-        return int(self.y.shape[0])
-
-
-def _check_split(x: Tensor, y: Tensor) -> None:
-    if not isinstance(x, Tensor) or not x.is_floating_point() or x.dim() != 4:
-        raise ValueError(
-            "x must be a 4-D float tensor (N, C, H, W) of images in [0, 1], got "
-            + (f"dtype {x.dtype} and shape {tuple(x.shape)}" if isinstance(x, Tensor) else repr(type(x)))
-        )
-    if not isinstance(y, Tensor) or y.dtype != torch.int64 or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(
-            f"y must be a 1-D int64 tensor with one label per image ({x.shape[0]}), got "
-            + (f"dtype {y.dtype} and shape {tuple(y.shape)}" if isinstance(y, Tensor) else repr(type(y)))
-        )
-    if x.numel() and not bool(((x >= 0) & (x <= 1)).all()):
-        raise ValueError(
-            f"x must lie in [0, 1] (normalisation belongs inside the model), got values in "
-            f"[{x.min().item():.4g}, {x.max().item():.4g}] (NaN counts as outside)"
-        )
-
-
-def adversarial_set(
-    model: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    attack: Attack | str,
-    *,
-    cache_dir: Path | str | None = None,
-    attack_params: Mapping[str, Any] | None = None,
-    tag: str = "",
-) -> AdversarialSet:
-    """Adversarial examples of ``(x, y)`` against ``model``, generated once and cached.
-
-    The cache file name hashes everything the result depends on: the
-    model's fingerprint (class, structure, weights and buffers), the digests
-    of ``x`` and ``y``, the attack's name and parameters (seed included) and
-    ``tag``. A file that is corrupt, fails its checksum, was written for other
-    inputs or holds tensors of the wrong shape is logged at WARNING with its
-    path and regenerated, never used.
-
-    Args:
-        model: The source model (for several, a :class:`ModelEnsemble` or the ``ensemble`` attack).
-        x: Clean images (N, C, H, W) in ``[0, 1]``, on the model's device.
-        y: True labels (N,) int64.
-        attack: An :class:`Attack` or a registered name.
-        cache_dir: Folder for the cache file; ``None`` computes without caching.
-        attack_params: Parameters for ``attack`` when it is given by name.
-        tag: Free text added to the key and file name (e.g. the split's name).
-
-    Returns:
-        The set, with ``x`` and ``y`` on ``x``'s device.
-
-    Example:
-        >>> import torch
-        >>> model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 10))
-        >>> adv = adversarial_set(model, torch.rand(8, 1, 8, 8), torch.zeros(8, dtype=torch.long),
-        ...                       "fgsm", attack_params={"eps": 0.1})
-        >>> adv.attack, adv.x.shape
-        ('fgsm(eps=0.1)', torch.Size([8, 1, 8, 8]))
-    """
-    if isinstance(attack, Attack):
-        if attack_params:
-            raise ValueError("attack_params only apply when attack is given by name")
-        atk = attack
-    else:
-        atk = create(attack, **dict(attack_params or {}))
-    _check_split(x, y)
-    if not isinstance(tag, str):
-        raise ValueError(f"tag must be a string, got {tag!r}")
-    source = model_fingerprint(model)
-    description = atk.describe()
-
-    def generate() -> dict[str, Tensor]:
-        return {"x": atk(model, x, y)}
-
-    if cache_dir is None:
-        return AdversarialSet(x=generate()["x"], y=y, attack=description, source=source)
-
-    meta = {
-        "kind": "adversarial_set",
-        "source": source,
-        "x": tensor_digest(x),
-        "y": tensor_digest(y),
-        "attack": atk.name or type(atk).__name__,
-        "attack_params": atk.params(),
-        "tag": tag,
-    }
-    key = content_hash(meta)
-    label = "".join(c if c.isalnum() or c in "-_" else "_" for c in tag)
-    path = Path(cache_dir) / f"adv-{meta['attack']}{'-' + label if label else ''}-{key}.pt"
-    what = f"adversarial set {description} from {source}"
-    tensors = cached_tensors(path, meta, generate, what=what)
-    x_adv = tensors.get("x")
-    if x_adv is None or x_adv.shape != x.shape or x_adv.dtype != x.dtype:
-        got = "no 'x'" if x_adv is None else f"{x_adv.dtype} {tuple(x_adv.shape)}"
-        logger.warning(
-            "%s: %s", what,
-            CacheError(f"cache file {path} holds {got}, expected {x.dtype} {tuple(x.shape)}; regenerating"),
-        )
-        tensors = generate()
-        save_tensors(path, tensors, meta)
-        x_adv = tensors["x"]
-    return AdversarialSet(x=x_adv.to(x.device), y=y, attack=description, source=source)

@@ -44,7 +44,7 @@ from optuna.trial import FrozenTrial, TrialState
 from torch import nn
 
 from gmsearch import attacks, cache, config, pipeline
-from gmsearch.attacks._base import AdversarialSet, adversarial_set
+from gmsearch.attacks import AdversarialSet, adversarial_set
 from gmsearch.config import RunConfig
 from gmsearch.data import Split, limit_per_class
 from gmsearch.nets import references

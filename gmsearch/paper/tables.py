@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from gmsearch import data as datasets
-from gmsearch.attacks._base import AdversarialSet
+from gmsearch.attacks import AdversarialSet
 from gmsearch.evaluation import (
     EvalResult,
     MaskingReport,

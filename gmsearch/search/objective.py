@@ -26,7 +26,7 @@ from optuna.artifacts import FileSystemArtifactStore
 from torch import nn
 
 from gmsearch import attacks, cache
-from gmsearch.attacks._base import AdversarialSet, adversarial_set
+from gmsearch.attacks import AdversarialSet, adversarial_set
 from gmsearch.data._loaders import Dataset
 from gmsearch.evaluation import accuracy
 from gmsearch.nets.builder import build, count_params

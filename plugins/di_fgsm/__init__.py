@@ -37,38 +37,24 @@ def diverse_input(x: Tensor, generator: torch.Generator, *, resize_rate: float, 
 class DIFGSM(attacks.MIFGSM):
     """Momentum iterative FGSM with random resize-and-pad input diversity (Xie et al. 2019)."""
 
-    def __init__(
-        self,
-        *,
-        eps: float = 8 / 255,
-        alpha: float = 2 / 255,
-        steps: int = 10,
-        decay: float = 1.0,
-        resize_rate: float = 0.9,
-        diversity_prob: float = 0.5,
-        batch_size: int = 512,
-        seed: int = 0,
-    ) -> None:
-        super().__init__(eps=eps, alpha=alpha, steps=steps, decay=decay, batch_size=batch_size, seed=seed)
-        if not 0.0 < resize_rate <= 1.0:
-            raise ValueError(f"di_fgsm: resize_rate must be in (0, 1], got {resize_rate}")
-        if not 0.0 <= diversity_prob <= 1.0:
-            raise ValueError(f"di_fgsm: diversity_prob must be in [0, 1], got {diversity_prob}")
-        self.resize_rate, self.diversity_prob = resize_rate, diversity_prob
-        self._generator: torch.Generator | None = None
+    resize_rate: float = 0.9
+    diversity_prob: float = 0.5
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.resize_rate <= 1.0:
+            raise ValueError(f"di_fgsm: resize_rate must be in (0, 1], got {self.resize_rate}")
+        if not 0.0 <= self.diversity_prob <= 1.0:
+            raise ValueError(f"di_fgsm: diversity_prob must be in [0, 1], got {self.diversity_prob}")
 
     @property
     def stochastic(self) -> bool:
         return self.diversity_prob > 0
 
-    def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor) -> Tensor:
-        """MI-FGSM's steps, each gradient taken on a diversified input."""
-        self._generator = torch.Generator(device=x.device).manual_seed(self.seed)
-        return super().perturb(model, x, y, start)
-
-    def input_grad(self, model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
-        assert self._generator is not None
+    def input_grad(self, model: nn.Module, x: Tensor, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """The gradient at ``x`` of the loss on a randomly resized-and-padded view of ``x``."""
+        assert generator is not None
         x = x.detach().requires_grad_(True)
-        view = diverse_input(x, self._generator, resize_rate=self.resize_rate, prob=self.diversity_prob)
+        view = diverse_input(x, generator, resize_rate=self.resize_rate, prob=self.diversity_prob)
         (grad,) = torch.autograd.grad(F.cross_entropy(model(view), y, reduction="sum"), x)
         return grad
