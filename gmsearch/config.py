@@ -167,17 +167,18 @@ _AT_LEAST: tuple[tuple[str, str, float], ...] = (
 
 
 def _allowed(hint: Any) -> tuple[type, ...]:
-    """The runtime types a field's annotation allows (``None`` left out: TOML has no null)."""
+    """The runtime types a field's annotation allows (``NoneType`` for optional ones)."""
     if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
         return tuple(a for arg in typing.get_args(hint) for a in _allowed(arg))
-    origin = typing.get_origin(hint) or hint
-    return () if origin is type(None) else (origin,)
+    return (typing.get_origin(hint) or hint,)
 
 
 def _check_value(where: str, key: str, value: Any, allowed: tuple[type, ...]) -> Any:
+    if value is None and type(None) in allowed:  # TOML has no null; Python callers may pass None
+        return None
     names = {bool: "true or false", int: "an integer", float: "a number", str: "a string",
              list: "a list", dict: "a table"}
-    wanted = " or ".join(dict.fromkeys(names.get(a, a.__name__) for a in allowed))
+    wanted = " or ".join(dict.fromkeys(names.get(a, a.__name__) for a in allowed if a is not type(None)))
     if isinstance(value, bool) and bool not in allowed:
         raise ConfigError(f"[{where}] {key} must be {wanted}, got {value!r}")
     if float in allowed and isinstance(value, int) and not isinstance(value, bool):

@@ -28,6 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 from gmsearch import pipeline
 from gmsearch.config import RunConfig
 from gmsearch.search.objective import GMObjective
+from gmsearch.search.population import sync_replaced
 from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY
 
@@ -114,6 +115,9 @@ def optimize_until_finished(
             )
             break
     finished = sampler.is_finished(study)
+    changed = sync_replaced(study)  # the stored bookkeeping agrees with the replay
+    if changed:
+        logger.info("study %s: %d children's replaced-candidate attr now match the replay", study.study_name, changed)
     if finished:
         logger.info("study %s has all its %d trials", study.study_name, total)
     return finished

@@ -28,7 +28,8 @@ from optuna.testing.pytest_samplers import (
 )
 
 import gmsearch as gms
-from gmsearch.search.sampler import GENOME_KEY, SPECTRUM_PARAMS
+from gmsearch.search.sampler import SPECTRUM_PARAMS
+from gmsearch.search.schema import GENOME_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -12,16 +12,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch.search.sampler import (
-    GENOME_KEY,
-    PARENT_KEY,
-    PENDING_SECONDS,
-    REPLACED_KEY,
-    SPECTRUM_PARAMS,
-    SURPLUS_KEY,
-    TOLD_FAIL_KEY,
-    _census,
-)
+from gmsearch.search.sampler import PENDING_SECONDS, SPECTRUM_PARAMS, _census
+from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY, TOLD_FAIL_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -23,7 +23,7 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch import config, runner
-from gmsearch.search.sampler import GENERATION_KEY, GENOME_KEY, PARENT_KEY, REPLACED_KEY
+from gmsearch.search.schema import GENERATION_KEY, GENOME_KEY, PARENT_KEY, REPLACED_KEY
 from gmsearch.search.study import make_storage
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)

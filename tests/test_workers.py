@@ -28,7 +28,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 import gmsearch as gms
 from gmsearch import runner
-from gmsearch.search.sampler import GENOME_KEY, PARENT_KEY, SURPLUS_KEY
+from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -142,6 +142,9 @@ def _check_finished_study(study: optuna.Study) -> list[FrozenTrial]:
     extra = [t for t in trials if GENOME_KEY not in t.system_attrs]
     assert all(t.state == TrialState.PRUNED and t.system_attrs[SURPLUS_KEY] for t in extra)
     assert len(gms.population(study)) == S
+    # the stored bookkeeping agrees with the replay every process rebuilds the population from
+    replayed = {row["number"]: row["replaced"] for row in gms.lineage(study)}
+    assert [t.user_attrs.get(REPLACED_KEY) for t in children] == [replayed[t.number] for t in children]
     assert _sampler().is_finished(study)
     return trials
 

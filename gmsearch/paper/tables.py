@@ -27,7 +27,7 @@ from gmsearch.evaluation import (
 from gmsearch.nets import references
 from gmsearch.paper.harness import Experiment
 from gmsearch.paper.settings import PAPER, PaperTable, dataset_label
-from gmsearch.search.sampler import genome_of
+from gmsearch.search.schema import genome_of
 from gmsearch.training.defenses import (
     BilateralDefense,
     JPEGDefense,

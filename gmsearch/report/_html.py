@@ -47,16 +47,14 @@ from gmsearch import __version__
 from gmsearch.nets.genome import Genome, GenomeError
 from gmsearch.report.plotting import plot_architecture
 from gmsearch.search.baselines import Row
-from gmsearch.search.sampler import population
+from gmsearch.search.population import lineage, population
 from gmsearch.search.schema import (
     ARCH_KEY,
     ATTRIBUTIONS_KEY,
     BASELINE_KEY,
-    FAIL_REASON_KEY,
     GENERATION_KEY,
     GENOME_KEY,
     PARENT_KEY,
-    REPLACED_KEY,
     SAMPLER_KEY,
     genome_of,
 )
@@ -406,16 +404,16 @@ def _search_plots(page: _Page, study: optuna.Study) -> None:
         parts.append(_note("no trials yet"))
 
 
-def _population(page: _Page, study: optuna.Study) -> set[int]:
+def _population(page: _Page, study: optuna.Study) -> None:
     parts = page.section("population", "Final population")
     try:
         candidates = population(study)
     except (ValueError, GenomeError) as exc:
         parts.append(_note(f"no population: {exc}"))
-        return set()
+        return
     if not candidates:
         parts.append(_note("no candidate has completed yet"))
-        return set()
+        return
     names = _objective_names(study)
     parts.append(_table(
         ["slot", "trial", ", ".join(names), "clean acc", "adv acc", "generation", "parent", "parameters",
@@ -441,7 +439,6 @@ def _population(page: _Page, study: optuna.Study) -> set[int]:
             f"</code></p>{page.figure(fig, height=min(760, 200 + 70 * n_rows), top=20)}</div>"
         )
     parts.append("".join(cards))
-    return {t.number for t in candidates}
 
 
 def _readable_architecture(fig: go.Figure, genome: Genome) -> tuple[go.Figure, int]:
@@ -488,81 +485,71 @@ def _strictly_between(p: tuple[float, float], a: tuple[float, float], b: tuple[f
     return abs(cross) < 1e-9 and 1e-9 < dot < (bx - ax) ** 2 + (by - ay) ** 2 - 1e-9
 
 
-def _lineage(page: _Page, study: optuna.Study, current: set[int]) -> None:
-    parts = page.section("lineage", "Lineage")
-    trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]
-    if not trials:
-        parts.append(_note(f"no trial carries a gmsearch genome (system attr {GENOME_KEY!r})"))
-        return
-    by_number = {t.number: t for t in trials}
-    names = _objective_names(study)
+_KIND_SYMBOLS = {"initial candidate": "square", "child: replaced a candidate": "diamond",
+                 "child: rejected": "circle", "not completed": "x"}
 
-    def gen(t: FrozenTrial) -> int:
-        return int(t.user_attrs.get(GENERATION_KEY) or 0)
 
-    def kind(t: FrozenTrial) -> str:
-        if t.state != TrialState.COMPLETE:
-            return "not completed"
-        if t.user_attrs.get(PARENT_KEY) is None:
-            return "initial candidate"
-        return "child: replaced a candidate" if t.user_attrs.get(REPLACED_KEY) is not None else "child: rejected"
+def _kind(row: dict[str, Any]) -> str:
+    if row["state"] != TrialState.COMPLETE.name:
+        return "not completed"
+    if row["parent"] is None:
+        return "initial candidate"
+    return "child: replaced a candidate" if row["replaced"] is not None else "child: rejected"
 
+
+def _hover(row: dict[str, Any], names: Sequence[str]) -> str:
+    values = ", ".join(_fmt(v) for v in row["values"]) if row["values"] else "-"
+    replaced = f"<br>replaced #{row['replaced']}" if row["replaced"] is not None else ""
+    return (
+        f"trial #{row['number']} ({row['state'].lower()})<br>generation {row['generation']}, parent "
+        f"{_fmt(row['parent'])}<br>{_esc(', '.join(names))} {values}<br>clean {_pct(row['clean_acc'])}, "
+        f"adv {_pct(row['adv_acc'])}{replaced}<br>{_esc(row['architecture'] or '')}"
+    )
+
+
+def _lineage_figure(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> go.Figure:
+    """Every trial by number and generation: parent edges, replacements, final population ringed."""
+    by_number = {r["number"]: r for r in rows}
     fig = go.Figure()
-    edge_x: list[float | None] = []
-    edge_y: list[float | None] = []
-    swap_x: list[float | None] = []
-    swap_y: list[float | None] = []
-    for t in trials:
-        parent_number = t.user_attrs.get(PARENT_KEY)
-        parent = by_number.get(parent_number) if parent_number is not None else None
-        if parent is not None:
-            edge_x += [parent.number, t.number, None]
-            edge_y += [gen(parent), gen(t), None]
-        ousted = t.user_attrs.get(REPLACED_KEY)
-        if ousted is not None and ousted in by_number:
-            swap_x += [ousted, t.number, None]
-            swap_y += [gen(by_number[ousted]), gen(t), None]
-    fig.add_trace(go.Scatter(x=edge_x, y=edge_y, mode="lines", name="parent → child",
+    lines: dict[str, tuple[list[float | None], list[float | None]]] = {"parent": ([], []), "replaced": ([], [])}
+    for r in rows:
+        for key in lines:
+            source = by_number.get(r[key]) if r[key] is not None else None
+            if source is not None:
+                lines[key][0].extend([source["number"], r["number"], None])
+                lines[key][1].extend([source["generation"], r["generation"], None])
+    fig.add_trace(go.Scatter(x=lines["parent"][0], y=lines["parent"][1], mode="lines", name="parent → child",
                              line={"color": "#9aa5b1", "width": 1}, hoverinfo="skip"))
-    if swap_x:
-        fig.add_trace(go.Scatter(x=swap_x, y=swap_y, mode="lines", name="replaced candidate ← child",
-                                 line={"color": "#d64545", "width": 1.2, "dash": "dot"}, hoverinfo="skip"))
-    complete_values = [t.values[0] for t in trials if t.state == TrialState.COMPLETE and t.values]
-    lo, hi = (min(complete_values), max(complete_values)) if complete_values else (0.0, 1.0)
-    symbols = {"initial candidate": "square", "child: replaced a candidate": "diamond",
-               "child: rejected": "circle", "not completed": "x"}
+    if lines["replaced"][0]:
+        fig.add_trace(go.Scatter(x=lines["replaced"][0], y=lines["replaced"][1], mode="lines",
+                                 name="replaced candidate ← child", hoverinfo="skip",
+                                 line={"color": "#d64545", "width": 1.2, "dash": "dot"}))
+    scores = [r["values"][0] for r in rows if r["state"] == TrialState.COMPLETE.name and r["values"]]
+    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
     show_scale = True
-    for label, symbol in symbols.items():
-        group = [t for t in trials if kind(t) == label]
+    for label, symbol in _KIND_SYMBOLS.items():
+        group = [r for r in rows if _kind(r) == label]
         if not group:
             continue
-        hover = [
-            f"trial #{t.number} ({t.state.name.lower()})<br>generation {gen(t)}, parent "
-            f"{_fmt(t.user_attrs.get(PARENT_KEY))}<br>{_esc(', '.join(names))} {_values_text(t)}<br>clean "
-            f"{_pct(t.user_attrs.get('clean_acc'))}, adv {_pct(t.user_attrs.get('adv_acc'))}"
-            + (f"<br>replaced #{t.user_attrs[REPLACED_KEY]}" if t.user_attrs.get(REPLACED_KEY) is not None else "")
-            + f"<br>{_esc(t.user_attrs.get(ARCH_KEY, ''))}"
-            for t in group
-        ]
         marker: dict[str, Any] = {"symbol": symbol, "size": 11, "line": {"width": 1, "color": "#334e68"}}
         if label == "not completed":
             marker.update(color="#9aa5b1", line={"width": 2, "color": "#9aa5b1"})
         else:
             marker.update(
-                color=[t.values[0] if t.values else lo for t in group], colorscale="Viridis", cmin=lo, cmax=hi,
+                color=[r["values"][0] if r["values"] else lo for r in group], colorscale="Viridis", cmin=lo, cmax=hi,
                 showscale=show_scale, colorbar={"title": {"text": names[0]}, "x": 1.02, "len": 0.8},
             )
             show_scale = False
         fig.add_trace(go.Scatter(
-            x=[t.number for t in group], y=[gen(t) for t in group], mode="markers", name=label,
-            marker=marker, hovertext=hover, hoverinfo="text",
+            x=[r["number"] for r in group], y=[r["generation"] for r in group], mode="markers", name=label,
+            marker=marker, hovertext=[_hover(r, names) for r in group], hoverinfo="text",
         ))
-    members = [by_number[n] for n in sorted(current) if n in by_number]
+    members = [r for r in rows if r["in_population"]]
     if members:
         fig.add_trace(go.Scatter(
-            x=[t.number for t in members], y=[gen(t) for t in members], mode="markers", name="final population",
+            x=[r["number"] for r in members], y=[r["generation"] for r in members], mode="markers",
+            name="final population", hoverinfo="skip",
             marker={"symbol": "circle-open", "size": 22, "color": "#f0b429", "line": {"width": 2.5}},
-            hoverinfo="skip",
         ))
     fig.update_layout(
         title="Lineage: every trial by trial number and generation",
@@ -571,23 +558,34 @@ def _lineage(page: _Page, study: optuna.Study, current: set[int]) -> None:
         legend={"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0},
         plot_bgcolor="#fbfcfd",
     )
-    parts.append(page.figure(fig, height=480))
+    return fig
 
-    table_rows = []
-    for t in trials:
-        table_rows.append((
-            f"#{t.number}", t.state.name.lower(), gen(t), _fmt(t.user_attrs.get(PARENT_KEY)),
-            _fmt(t.user_attrs.get(REPLACED_KEY)), _values_text(t), _pct(t.user_attrs.get("clean_acc")),
-            _pct(t.user_attrs.get("adv_acc")), "yes" if t.number in current else "",
-            t.user_attrs.get(FAIL_REASON_KEY) or t.user_attrs.get(ARCH_KEY, ""),
-        ))
+
+def _lineage(page: _Page, study: optuna.Study) -> None:
+    parts = page.section("lineage", "Lineage")
+    try:
+        rows = lineage(study)
+    except (ValueError, GenomeError) as exc:
+        parts.append(_note(f"no lineage: {exc}"))
+        return
+    if not rows:
+        parts.append(_note(f"no trial carries a gmsearch genome (system attr {GENOME_KEY!r})"))
+        return
+    names = _objective_names(study)
+    parts.append(page.figure(_lineage_figure(rows, names), height=480))
+    cells = [
+        (f"#{r['number']}", r["state"].lower(), r["generation"], _fmt(r["parent"]), _fmt(r["replaced"]),
+         ", ".join(_fmt(v) for v in r["values"]) if r["values"] else "-", _pct(r["clean_acc"]), _pct(r["adv_acc"]),
+         "yes" if r["in_population"] else "", r["fail_reason"] or r["architecture"] or "")
+        for r in rows
+    ]
     parts.append(
-        f"<details open><summary>All {len(trials)} trials (final population highlighted)</summary>"
+        f"<details open><summary>All {len(rows)} trials (final population highlighted)</summary>"
         + _table(
             ["trial", "state", "generation", "parent", "replaced", ", ".join(names), "clean acc", "adv acc",
              "in population", "architecture / failure"],
-            table_rows, numeric=[True, False, True, True, True, True, True, True, False, False],
-            highlight=lambda i: trials[i].number in current,
+            cells, numeric=[True, False, True, True, True, True, True, True, False, False],
+            highlight=lambda i: bool(rows[i]["in_population"]),
         )
         + "</details>"
     )
@@ -631,8 +629,8 @@ def render_report(
         _baseline(page, caption, rows)
 
     _search_plots(page, study)
-    current = _population(page, study)
-    _lineage(page, study, current)
+    _population(page, study)
+    _lineage(page, study)
 
     if attributions is not None:
         figures = [attributions] if isinstance(attributions, go.Figure) else list(attributions)

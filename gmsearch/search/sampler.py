@@ -69,11 +69,12 @@ from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.storages import BaseStorage
 from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
-from optuna.study import Study, StudyDirection
+from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch.nets.genome import Genome, spectrum_distance
+from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
+from gmsearch.search.population import replay
 from gmsearch.search.schema import (
     ARCH_KEY,
     EPOCHS_KEY,
@@ -129,16 +130,6 @@ class EpochSchedule:
 
 
 
-
-
-def _better(child: Sequence[float], old: Sequence[float], directions: Sequence[StudyDirection]) -> bool:
-    """Strictly better for one objective; Pareto dominance for several."""
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in directions]
-    c = [s * v for s, v in zip(signs, child, strict=True)]
-    o = [s * v for s, v in zip(signs, old, strict=True)]
-    if len(c) == 1:
-        return c[0] > o[0]
-    return all(a >= b for a, b in zip(c, o, strict=True)) and any(a > b for a, b in zip(c, o, strict=True))
 
 
 def _heartbeat_interval(storage: BaseStorage) -> int | None:
@@ -251,67 +242,6 @@ def _finished(
             else:
                 done_initial += 1
     return done_initial >= population_size and done_children >= n_planned_children
-
-
-@dataclass
-class Replay:
-    """The population rebuilt from completed trials."""
-
-    slots: list[FrozenTrial]
-    replaced: dict[int, int | None]  # child number -> trial number it replaced (None: rejected)
-
-
-def _completion_key(t: FrozenTrial) -> tuple[float, int]:
-    done = t.datetime_complete.timestamp() if t.datetime_complete else float("inf")
-    return (done, t.number)
-
-
-def replay(
-    trials: Sequence[FrozenTrial],
-    population_size: int,
-    directions: Sequence[StudyDirection],
-    *,
-    scale: Sequence[float] | None = None,
-    extra: tuple[FrozenTrial, Sequence[float]] | None = None,
-) -> Replay:
-    """Rebuild the population from ``trials`` (Algorithm 1's selection, replayed).
-
-    Args:
-        trials: All trials of the study (any states; only COMPLETE ones count).
-        population_size: Number of slots ``s``.
-        directions: The study's optimisation directions.
-        scale: Optional per-dimension weights of the spectrum distance.
-        extra: A trial not yet stored as COMPLETE, with its values, applied last
-            (the sampler's ``after_trial`` uses it).
-    """
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=_completion_key)
-    events: list[tuple[FrozenTrial, Sequence[float]]] = [(t, t.values) for t in done if t.values]
-    if extra is not None:
-        events.append(extra)
-    slots: list[FrozenTrial] = []
-    values: list[Sequence[float]] = []
-    genomes: list[Genome] = []
-    replaced: dict[int, int | None] = {}
-    for trial, vals in events:
-        if GENOME_KEY not in trial.system_attrs:
-            continue
-        if not is_child(trial):
-            if len(slots) < population_size:
-                slots.append(trial)
-                values.append(vals)
-                genomes.append(genome_of(trial))
-            continue
-        if not slots:
-            continue
-        genome = genome_of(trial)
-        distances = [spectrum_distance(genome, g, scale) for g in genomes]
-        j = distances.index(min(distances))  # first closest on ties
-        if _better(vals, values[j], directions):
-            replaced[trial.number] = slots[j].number
-            slots[j], values[j], genomes[j] = trial, vals, genome
-        else:
-            replaced[trial.number] = None
-    return Replay(slots=slots, replaced=replaced)
 
 
 class NicheEvolutionSampler(BaseSampler):
@@ -602,42 +532,3 @@ def n_trials_for(generations: int, population_size: int, n_children: int) -> int
     return population_size * (1 + generations * n_children)
 
 
-def population(study: optuna.Study, *, population_size: int | None = None) -> list[FrozenTrial]:
-    """The current candidates of ``study`` as FrozenTrials, in slot order."""
-    size = population_size
-    if size is None:
-        if isinstance(study.sampler, NicheEvolutionSampler):
-            size = study.sampler.population_size
-        else:
-            stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY) or {}
-            size = stored.get("population_size")
-    if size is None:
-        raise ValueError(f"study {study.study_name!r} has no gmsearch sampler settings; pass population_size")
-    scale = study.sampler.spectrum_scale if isinstance(study.sampler, NicheEvolutionSampler) else None
-    return replay(study.get_trials(deepcopy=False), size, study.directions, scale=scale).slots
-
-
-def ranked_population(study: optuna.Study) -> list[FrozenTrial]:
-    """The current candidates, best first by the study's direction(s) (several objectives: by their sum)."""
-    signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
-    candidates = [t for t in population(study) if t.values]
-    return sorted(candidates, key=lambda t: -sum(s * v for s, v in zip(signs, t.values, strict=True)))
-
-
-def lineage(study: optuna.Study) -> list[dict[str, Any]]:
-    """One row per trial with a genome: number, state, parent, generation, replaced, values, spectrum."""
-    rows = []
-    for t in study.get_trials(deepcopy=False):
-        if GENOME_KEY not in t.system_attrs:
-            continue
-        rows.append({
-            "number": t.number,
-            "state": t.state.name,
-            "parent": t.user_attrs.get(PARENT_KEY),
-            "generation": t.user_attrs.get(GENERATION_KEY),
-            "replaced": t.user_attrs.get(REPLACED_KEY),
-            "values": t.values,
-            "spectrum": list(genome_of(t).spectrum()),
-            "architecture": t.user_attrs.get(ARCH_KEY),
-        })
-    return rows
