@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 import gmsearch as gms
 from benchmarks.common import Context, Line, at_least, interleaved, log
-from gmsearch.data._loaders import Dataset
+from gmsearch.data import Dataset
 
 
 def dataloader_epoch(net: torch.nn.Module, host: Dataset, device: torch.device, batch_size: int = 128) -> float:

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 import gmsearch as gms
-from gmsearch.data._loaders import Dataset, Split
+from gmsearch.data import Dataset, Split
 
 
 @dataclass

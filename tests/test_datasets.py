@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from gmsearch import data as datasets
-from gmsearch.data._loaders import Dataset, DatasetNotFoundError, RawData, Split
+from gmsearch.data import Dataset, DatasetNotFoundError, RawData, Split
 from gmsearch.registry import UnknownPluginError
 
 SHARED_DATA = Path("/work/shared/data")

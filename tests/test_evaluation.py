@@ -16,7 +16,7 @@ from torch import Tensor, nn
 import gmsearch as gms
 from gmsearch import paper as ex
 from gmsearch.attacks import AdversarialSet
-from gmsearch.data._loaders import Split
+from gmsearch.data import Split
 from gmsearch.evaluation import (
     EvalResult,
     accuracy,

@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import gmsearch as gms
-from gmsearch.data._loaders import Dataset, Split
+from gmsearch.data import Dataset, Split
+from gmsearch.training import _double_backward
 from gmsearch.training import gm_loss as losses
 from gmsearch.training import loop as training
 from gmsearch.training.loop import TrainingDivergedError, train, train_step
@@ -177,7 +178,7 @@ def test_batchnorm_double_backward_passes_gradgradcheck(affine: bool, shape: tup
     w = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(2, generator=g, dtype=torch.float64, requires_grad=True)
     if affine:
-        fn = functools.partial(losses._BatchNormTrain.apply)
+        fn = functools.partial(_double_backward._BatchNormTrain.apply)
         args: tuple[torch.Tensor, ...] = (x, w, b)
 
         def bn(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -186,7 +187,7 @@ def test_batchnorm_double_backward_passes_gradgradcheck(affine: bool, shape: tup
         args = (x,)
 
         def bn(x: torch.Tensor) -> torch.Tensor:  # type: ignore[misc]
-            return losses._BatchNormTrain.apply(x, None, None, None, None, 0.1, 1e-5)
+            return _double_backward._BatchNormTrain.apply(x, None, None, None, None, 0.1, 1e-5)
 
     assert torch.autograd.gradcheck(bn, args)
     assert torch.autograd.gradgradcheck(bn, args)
@@ -196,14 +197,14 @@ def test_cat_and_pool_double_backward_pass_gradgradcheck() -> None:
     g = torch.Generator().manual_seed(2)
     a = torch.randn(1, 2, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
     b = torch.randn(1, 1, 4, 4, generator=g, dtype=torch.float64, requires_grad=True)
-    assert torch.autograd.gradgradcheck(lambda a, b: losses._Cat.apply(1, a, b) ** 2, (a, b))
-    assert torch.autograd.gradgradcheck(lambda a: losses._AdaptiveAvgPool.apply(a, (3, 2)) ** 2, (a,))
+    assert torch.autograd.gradgradcheck(lambda a, b: _double_backward._Cat.apply(1, a, b) ** 2, (a, b))
+    assert torch.autograd.gradgradcheck(lambda a: _double_backward._AdaptiveAvgPool.apply(a, (3, 2)) ** 2, (a,))
 
 
 def test_the_routing_mode_leaves_other_calls_alone() -> None:
     bn = nn.BatchNorm2d(3).eval()  # eval mode: PyTorch's own path, running statistics untouched
     x = torch.rand(4, 3, 5, 5, requires_grad=True)
-    with losses._CheapDoubleBackward():
+    with _double_backward.CheapDoubleBackward():
         out = bn(x)
         joined = torch.cat([x, x], dim=-1)
         with torch.no_grad():
@@ -213,7 +214,7 @@ def test_the_routing_mode_leaves_other_calls_alone() -> None:
     assert pooled.grad_fn is None
     # a batch of one value per channel falls through to PyTorch, which refuses it
     with pytest.raises(ValueError, match="more than 1 value per channel"):
-        with losses._CheapDoubleBackward():
+        with _double_backward.CheapDoubleBackward():
             nn.BatchNorm1d(3).train()(torch.rand(1, 3, requires_grad=True))
 
 
