@@ -19,57 +19,91 @@ Example:
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-import importlib
-from typing import Any
-
-from gmsearch import attacks, evaluation
-from gmsearch import data as datasets
-from gmsearch.evaluation import EvalResult, accuracy, evaluate, fooling_rate
-from gmsearch.nets import (
-    Block,
-    Genome,
-    GenomeError,
-    architectures,
-    build,
-    count_params,
-    estimate_flops,
-    references,
-    spectrum_distance,
-    zoo,
-)
-from gmsearch.plugins import load_plugin, load_plugins
-from gmsearch.search import (
-    EpochSchedule,
-    GMObjective,
-    NicheEvolutionSampler,
-    RefineResult,
-    create_study,
-    fitness,
-    genome_of,
-    lineage,
-    load_study,
-    load_trial_model,
-    mutations,
-    n_trials_for,
-    population,
-    refine,
-)
-from gmsearch.training import TrainingDivergedError, TrainResult, reference_gradients, train
-from gmsearch.training import gm_loss as losses
-
-# Heavy on import (plotly, the paper harness): loaded on first use.
-_LAZY = {"report": "gmsearch.report", "paper": "gmsearch.paper", "plot_architecture": "gmsearch.report.plotting"}
+# Everything is imported on first use (PEP 562), so `import gmsearch` and `gmsearch --help` start at once;
+# `gms.train` loads torch, `gms.report` plotly, and so on.
+_MODULES = {
+    "attacks": "gmsearch.attacks",
+    "datasets": "gmsearch.data",
+    "evaluation": "gmsearch.evaluation",
+    "architectures": "gmsearch.nets.architectures",
+    "references": "gmsearch.nets.references",
+    "zoo": "gmsearch.nets.zoo",
+    "fitness": "gmsearch.search.fitness",
+    "mutations": "gmsearch.search.mutations",
+    "losses": "gmsearch.training.gm_loss",
+    "report": "gmsearch.report",
+    "paper": "gmsearch.paper",
+}
+_NAMES = {
+    "gmsearch.evaluation": ("EvalResult", "accuracy", "evaluate", "fooling_rate"),
+    "gmsearch.nets": ("Block", "Genome", "GenomeError", "build", "count_params", "estimate_flops", "spectrum_distance"),
+    "gmsearch.plugins": ("load_plugin", "load_plugins"),
+    "gmsearch.report.plotting": ("plot_architecture",),
+    "gmsearch.search": (
+        "EpochSchedule", "GMObjective", "NicheEvolutionSampler", "RefineResult", "create_study", "genome_of",
+        "lineage", "load_study", "load_trial_model", "n_trials_for", "population", "refine",
+    ),
+    "gmsearch.training": ("TrainResult", "TrainingDivergedError", "reference_gradients", "train"),
+}
+_WHERE = {name: module for module, names in _NAMES.items() for name in names}
 
 
 def __getattr__(name: str) -> Any:
-    target = _LAZY.get(name)
-    if target is None:
+    if name in _MODULES:
+        value = importlib.import_module(_MODULES[name])
+    elif name in _WHERE:
+        value = getattr(importlib.import_module(_WHERE[name]), name)
+    else:
         raise AttributeError(f"module 'gmsearch' has no attribute {name!r}")
-    module = importlib.import_module(target)
-    return module if target.endswith(name) else getattr(module, name)
+    globals()[name] = value  # later lookups skip this function
+    return value
 
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+if TYPE_CHECKING:  # what type checkers and IDEs see
+    from gmsearch import attacks, evaluation, paper, report
+    from gmsearch import data as datasets
+    from gmsearch.evaluation import EvalResult, accuracy, evaluate, fooling_rate
+    from gmsearch.nets import (
+        Block,
+        Genome,
+        GenomeError,
+        architectures,
+        build,
+        count_params,
+        estimate_flops,
+        references,
+        spectrum_distance,
+        zoo,
+    )
+    from gmsearch.plugins import load_plugin, load_plugins
+    from gmsearch.report.plotting import plot_architecture
+    from gmsearch.search import (
+        EpochSchedule,
+        GMObjective,
+        NicheEvolutionSampler,
+        RefineResult,
+        create_study,
+        fitness,
+        genome_of,
+        lineage,
+        load_study,
+        load_trial_model,
+        mutations,
+        n_trials_for,
+        population,
+        refine,
+    )
+    from gmsearch.training import TrainingDivergedError, TrainResult, reference_gradients, train
+    from gmsearch.training import gm_loss as losses
 
 __all__ = [
     "Block",
@@ -104,6 +138,7 @@ __all__ = [
     "losses",
     "mutations",
     "n_trials_for",
+    "paper",
     "plot_architecture",
     "population",
     "reference_gradients",

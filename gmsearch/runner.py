@@ -28,9 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 from gmsearch import pipeline
 from gmsearch.config import RunConfig
 from gmsearch.search.objective import GMObjective
-from gmsearch.search.population import sync_replaced
 from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY
+from gmsearch.search.selection import sync_replaced
 
 logger = logging.getLogger(__name__)
 

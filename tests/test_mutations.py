@@ -28,13 +28,7 @@ BUILTIN = [
 BUDGET = mutations.SizeBudget(max_blocks=16, max_params=300_000, in_channels=3, num_classes=10, image_size=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny nets gain nothing from intra-op threads; on a busy machine they lose a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def conv(src: int, ch: int = 8, k: int = 3) -> Block:

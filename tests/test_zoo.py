@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
 
 import plotly.graph_objects as go
 import pytest
@@ -15,14 +14,7 @@ from gmsearch.nets.genome import Block, Genome
 from gmsearch.report.plotting import plot_architecture
 from gmsearch.search import mutations
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread() -> Iterator[None]:
-    # Tiny nets gain nothing from intra-op threads; on a busy machine they lose a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_names() -> None:

@@ -12,7 +12,7 @@ from typing import Any
 from torch import nn
 
 from gmsearch.evaluation.metrics import accuracy, split_of
-from gmsearch.report.tables import percent, text_table
+from gmsearch.evaluation.tables import percent, text_table
 
 
 def default_eps_grid(in_channels: int) -> tuple[float, ...]:

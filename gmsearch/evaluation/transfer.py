@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from gmsearch.evaluation.metrics import fooling_rate_from_predictions, predict, split_of
-from gmsearch.report.tables import percent, text_table
+from gmsearch.evaluation.tables import percent, text_table
 
 
 def _inner(model: nn.Module) -> nn.Module:

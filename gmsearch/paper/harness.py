@@ -53,9 +53,9 @@ from gmsearch.nets.genome import Genome
 from gmsearch.paper.settings import ExperimentSettings, PaperTable, _clean, settings_from_args
 from gmsearch.search import schema
 from gmsearch.search.objective import GMObjective, load_trial_model
-from gmsearch.search.population import ranked_population
 from gmsearch.search.sampler import n_trials_for
 from gmsearch.search.schema import RESULTS_PREFIX
+from gmsearch.search.selection import ranked_population
 from gmsearch.training.defenses import (
     fast_adversarial_training,
     free_adversarial_training,

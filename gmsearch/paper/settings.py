@@ -15,7 +15,7 @@ import torch
 
 from gmsearch import config, pipeline
 from gmsearch.data import Dataset
-from gmsearch.report.tables import text_table
+from gmsearch.evaluation.tables import text_table
 
 logger = logging.getLogger(__name__)
 

@@ -47,7 +47,6 @@ from gmsearch import __version__
 from gmsearch.nets.genome import Genome, GenomeError
 from gmsearch.report.plotting import plot_architecture
 from gmsearch.search.baselines import Row
-from gmsearch.search.population import lineage, population
 from gmsearch.search.schema import (
     ARCH_KEY,
     ATTRIBUTIONS_KEY,
@@ -58,6 +57,7 @@ from gmsearch.search.schema import (
     SAMPLER_KEY,
     genome_of,
 )
+from gmsearch.search.selection import lineage, population
 
 logger = logging.getLogger(__name__)
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from gmsearch.search import fitness, mutations
 from gmsearch.search.objective import GMObjective, load_trial_model
-from gmsearch.search.population import lineage, population, ranked_population, sync_replaced
 from gmsearch.search.refinement import RefineResult, refine
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import genome_of
+from gmsearch.search.selection import lineage, population, ranked_population, sync_replaced
 from gmsearch.search.study import create_study, load_study
 
 __all__ = [

@@ -9,9 +9,9 @@ import optuna
 from torch import nn
 
 from gmsearch.evaluation import evaluate
-from gmsearch.report.tables import percent, text_table
+from gmsearch.evaluation.tables import percent, text_table
 from gmsearch.search.objective import GMObjective, load_trial_model
-from gmsearch.search.population import ranked_population
+from gmsearch.search.selection import ranked_population
 from gmsearch.training.defenses import fresh_copy
 from gmsearch.training.loop import train
 

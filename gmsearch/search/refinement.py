@@ -23,8 +23,8 @@ import torch
 from gmsearch.evaluation import accuracy
 from gmsearch.search import schema
 from gmsearch.search.objective import GMObjective, load_trial_model
-from gmsearch.search.population import ranked_population
 from gmsearch.search.schema import REFINED_PREFIX, WEIGHTS_KEY, genome_of, trial_seed
+from gmsearch.search.selection import ranked_population
 from gmsearch.training.loop import TrainingDivergedError, train
 
 logger = logging.getLogger(__name__)

@@ -74,7 +74,6 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
-from gmsearch.search.population import replay
 from gmsearch.search.schema import (
     ARCH_KEY,
     EPOCHS_KEY,
@@ -89,6 +88,7 @@ from gmsearch.search.schema import (
     is_child,
     trial_seed,
 )
+from gmsearch.search.selection import replay
 
 logger = logging.getLogger(__name__)
 
