@@ -6,27 +6,65 @@ import argparse
 import logging
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gmsearch import __version__
 
 
+def _positive(value: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {number}")
+    return number
+
+
 def _cmd_quickstart(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from gmsearch import interrupt
+    from gmsearch.errors import UsageError
     from gmsearch.quickstart import run_quickstart
 
-    run_quickstart(
-        workdir=args.workdir, generations=args.generations, epochs=args.epochs, seed=args.seed,
-        device=args.device, study_name=args.study_name, show_progress_bar=not args.no_progress,
-    )
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+        raise UsageError(f"--workdir {args.workdir!r} is a file; give a folder (it is created if missing)")
+    with interrupt.stop_on_sigint():
+        run_quickstart(
+            workdir=args.workdir, generations=args.generations, epochs=args.epochs, seed=args.seed,
+            device=args.device, study_name=args.study_name, show_progress_bar=not args.no_progress,
+        )
     return 0
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gmsearch import config, runner
+    from gmsearch import config  # no torch yet: a bad config fails at once
 
     cfg = config.load(args.config)
-    study = runner.run(cfg, workers=args.workers)
-    best = [t for t in study.get_trials(deepcopy=False) if t.values]
-    print(f"study {study.study_name}: {len(study.trials)} trials, {len(best)} finished")
+    if args.device is not None:
+        cfg.device = config.parse({"device": args.device}).device
+
+    from gmsearch import runner
+    from gmsearch.search.study import mask_url
+
+    print(f"gmsearch run {args.config}: study {cfg.study.name!r}", flush=True)
+    study = runner.run(cfg, workers=args.workers, echo=lambda line: print(line, flush=True),
+                       show_progress_bar=not args.no_progress)
+    failed = runner.failure_summary(study)
+    if failed:
+        print(f"gmsearch: error: study {study.study_name!r}: {failed}", file=sys.stderr)
+        return 1
+    done = [t for t in study.get_trials(deepcopy=False) if t.values]
+    print(f"study {study.study_name}: {len(study.trials)} trials, {len(done)} finished")
+    if done and len(study.directions) == 1:
+        best = study.best_trial
+        print(f"best: trial {best.number}, fitness {best.value:.4f} (val clean {best.user_attrs.get('clean_acc')}, "
+              f"adv {best.user_attrs.get('adv_acc')})")
+    where = f"--storage {mask_url(cfg.study.storage)} --study {cfg.study.name}"
+    print(f"report: gmsearch report {where} --out report.html")
+    print(f"export: gmsearch export {where} --best")
     return 0
 
 
@@ -78,19 +116,26 @@ def _cmd_storage_server(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """One line for a bad argument (the usage is one ``--help`` away)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="gmsearch",
         description="Evolve CNN architectures with gradient misalignment toward low adversarial transferability.",
     )
     parser.add_argument("--version", action="version", version=f"gmsearch {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO (per-epoch metrics)")
-    sub = parser.add_subparsers(dest="command", required=True)
+    _add_common(parser, default=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     q = sub.add_parser("quickstart", help="run (or resume) the embedded digits demo")
     q.add_argument("--workdir", default=".", help="where the SQLite study, caches and HTML go")
-    q.add_argument("--generations", type=int, default=3, help="generations to add (default 3)")
-    q.add_argument("--epochs", type=int, default=8, help="training epochs per child (default 8)")
+    q.add_argument("--generations", type=_positive, default=3, help="generations to add (default 3)")
+    q.add_argument("--epochs", type=_positive, default=8, help="training epochs per child (default 8)")
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: CUDA if available)")
     q.add_argument("--study-name", default="quickstart")
@@ -99,7 +144,9 @@ def make_parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("run", help="run the study described by a TOML config")
     r.add_argument("config", help="TOML config file (see README: config reference)")
-    r.add_argument("--workers", type=int, default=None, help="worker processes (default: config's)")
+    r.add_argument("--workers", type=_positive, default=None, help="worker processes (default: config's)")
+    r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:1, mps")
+    r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.set_defaults(func=_cmd_run)
 
     rep = sub.add_parser("report", help="write one self-contained HTML report of a study")
@@ -140,22 +187,60 @@ def make_parser() -> argparse.ArgumentParser:
     ss.add_argument("--port", type=int, default=13000, help="TCP port (default 13000)")
     ss.add_argument("--threads", type=int, default=10, help="requests served at once (default 10)")
     ss.set_defaults(func=_cmd_storage_server)
+    for command in sub.choices.values():
+        _add_common(command, default=argparse.SUPPRESS)
     return parser
+
+
+def _add_common(parser: argparse.ArgumentParser, *, default: object) -> None:
+    """-v and --debug, accepted before and after the subcommand."""
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="log at INFO (per-epoch metrics of every child)")
+    parser.add_argument("--debug", action="store_true", default=default, help="show the traceback of an error")
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("gmsearch").setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _exit_code(exc: BaseException) -> int:
+    from gmsearch.errors import GmsearchError
+
+    if isinstance(exc, GmsearchError):
+        return exc.exit_code
+    if isinstance(exc, KeyboardInterrupt):
+        return 130
+    if isinstance(exc, ValueError | KeyError | TypeError):
+        return 2  # a bad setting or name: the message says what is allowed
+    return 1  # the environment: files, devices, services
+
+
+def _message(exc: BaseException) -> str:
+    from gmsearch.errors import GmsearchError
+
+    if isinstance(exc, KeyboardInterrupt):
+        from gmsearch.interrupt import MESSAGE
+
+        return MESSAGE
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    known = isinstance(exc, GmsearchError | ValueError | KeyError | TypeError | OSError)
+    return text if known else f"{type(exc).__name__}: {text} (run with --debug for the traceback)"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    if args.verbose:
-        logging.getLogger("gmsearch").setLevel(logging.INFO)
+    _configure_logging(args.verbose)
     try:
         return int(args.func(args))
-    except (ValueError, FileNotFoundError, KeyError) as exc:
-        print(f"gmsearch: error: {exc}", file=sys.stderr)
-        return 2
+    except (Exception, KeyboardInterrupt) as exc:
+        if args.debug:
+            raise
+        print(f"gmsearch: error: {_message(exc)}" if not isinstance(exc, KeyboardInterrupt) and
+              _exit_code(exc) != 130 else f"gmsearch: {_message(exc)}", file=sys.stderr)
+        return _exit_code(exc)
 
 
 if __name__ == "__main__":

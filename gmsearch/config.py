@@ -72,6 +72,7 @@ class DataConfig:
     image_size: int | None = None
     max_train_per_class: int | None = None
     max_test_per_class: int | None = None
+    num_classes: int | None = None
     options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -158,6 +159,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
 _AT_LEAST: tuple[tuple[str, str, float], ...] = (
     ("top level", "workers", 1),
     ("data", "image_size", 4), ("data", "max_train_per_class", 1), ("data", "max_test_per_class", 1),
+    ("data", "num_classes", 2),
     ("reference", "epochs", 1),
     ("training", "lam", 0.0), ("training", "batch_size", 2),
     ("search", "population_size", 1), ("search", "n_children", 1), ("search", "min_distance", 0.0),

@@ -15,6 +15,8 @@ folders are validated before any data is loaded or network trained.
 from __future__ import annotations
 
 import logging
+import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,15 +24,16 @@ from typing import Any
 import optuna
 import torch
 
-from gmsearch import attacks, cache
+from gmsearch import attacks, cache, interrupt
 from gmsearch import data as datasets
 from gmsearch.config import RunConfig
-from gmsearch.nets import references
+from gmsearch.errors import EnvironmentProblem, UsageError
+from gmsearch.nets import architectures, references
 from gmsearch.plugins import load_plugins
 from gmsearch.search import fitness, mutations, schema
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.search.study import create_study
+from gmsearch.search.study import check_storage, create_study, mask_url
 from gmsearch.training import gm_loss
 
 logger = logging.getLogger(__name__)
@@ -57,8 +60,28 @@ def cache_dir(cfg: RunConfig) -> Path:
     return Path(cfg.study.cache_dir) if cfg.study.cache_dir else cache.default_cache_dir()
 
 
+def check_device(device: str) -> None:
+    """Fail fast on a device this machine does not have."""
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise EnvironmentProblem(f"device {device!r}: no CUDA GPU is available here; use \"cpu\" or \"auto\"")
+        index = int(device.partition(":")[2] or 0)
+        if index >= torch.cuda.device_count():
+            raise EnvironmentProblem(
+                f"device {device!r}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0..cuda:"
+                f"{torch.cuda.device_count() - 1}"
+            )
+    elif device == "mps" and not torch.backends.mps.is_available():
+        raise EnvironmentProblem("device 'mps': Apple's MPS backend is not available here; use \"cpu\" or \"auto\"")
+
+
 def check(cfg: RunConfig) -> None:
-    """The cheap checks: plugins load and every named plugin exists (before any data or training)."""
+    """The cheap checks, before any data is loaded or network trained; nothing is written.
+
+    Plugins load and every named plugin exists; the device exists; the storage
+    URL works (an existing SQLite file is sound, a server answers); a reference
+    checkpoint exists; the artifact and cache folders are not files.
+    """
     load_plugins(cfg.plugins)
     attacks.get(cfg.attack.name)
     fitness.get(cfg.fitness.name)
@@ -67,6 +90,22 @@ def check(cfg: RunConfig) -> None:
         mutations.get(name)
     if cfg.data.name not in datasets.names() and not cfg.data.name.endswith(".npz"):
         datasets.get(cfg.data.name)  # the error lists the registered datasets
+    if cfg.data.name.endswith(".npz") and not Path(cfg.data.name).is_file():
+        raise UsageError(f"[data] name {cfg.data.name!r}: no such .npz file")
+    ref = cfg.reference
+    if ref.name.endswith((".pt", ".pth")) or "/" in ref.name:
+        if not Path(ref.name).is_file():
+            raise UsageError(f"[reference] name {ref.name!r}: no such checkpoint file (or name an architecture)")
+        if ref.arch is None:
+            raise UsageError(f"[reference] a checkpoint ({ref.name!r}) needs arch = one of {architectures.names()}")
+        architectures.get(ref.arch)
+    else:
+        architectures.get(ref.name)
+    check_device(device_for(cfg))
+    check_storage(cfg.study.storage)
+    for what, folder in (("artifacts", artifact_dir(cfg)), ("cache_dir", cache_dir(cfg))):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"[study] {what} {str(folder)!r} is a file; it must be a folder (or not exist yet)")
 
 
 def load_data(cfg: RunConfig, *, device: str | torch.device | None = None) -> datasets.Dataset:
@@ -78,7 +117,8 @@ def load_data(cfg: RunConfig, *, device: str | torch.device | None = None) -> da
     if name == "digits" and d.image_size is not None:
         options.setdefault("image_size", d.image_size)  # rendered at the size, not resized
     data = datasets.load(
-        name, root=d.root, reduced=d.reduced, val_fraction=d.val_fraction, seed=cfg.seed, **options
+        name, root=d.root, reduced=d.reduced, val_fraction=d.val_fraction, seed=cfg.seed,
+        num_classes=d.num_classes, **options,
     )
     data = datasets.limit_per_class(data, train=d.max_train_per_class, test=d.max_test_per_class, seed=cfg.seed)
     if d.image_size is not None and data.input_shape[1:] != (d.image_size, d.image_size):
@@ -92,12 +132,43 @@ def attack_params(cfg: RunConfig, in_channels: int) -> dict[str, Any]:
     return attacks.create(cfg.attack.name, **{**defaults, **cfg.attack.params}).params()
 
 
-def make_reference(cfg: RunConfig, data: datasets.Dataset, *, device: str | torch.device | None = None) -> Any:
-    """The frozen reference (trained once and cached, or loaded from a checkpoint)."""
+def make_reference(
+    cfg: RunConfig, data: datasets.Dataset, *, device: str | torch.device | None = None,
+    echo: Callable[[str], None] | None = None,
+) -> Any:
+    """The frozen reference (trained once and cached, or loaded from a checkpoint); ``echo`` shows its epochs."""
     return references.get(
         cfg.reference.name, data, arch=cfg.reference.arch, epochs=cfg.reference.epochs, seed=cfg.seed,
-        device=device, cache_dir=cache_dir(cfg),
+        device=device, cache_dir=cache_dir(cfg), progress=echo,
     )
+
+
+def plan(cfg: RunConfig, data: datasets.Dataset, device: str) -> list[str]:
+    """What a run will do, in a few lines (printed before any training)."""
+    s, ref = cfg.search, cfg.reference
+    c, h, w = data.input_shape
+    if ref.arch is not None:
+        reference = f"{ref.arch} from checkpoint {ref.name}"
+    else:
+        file = references.cached_file(ref.name, data, epochs=ref.epochs, seed=cfg.seed, cache_dir=cache_dir(cfg))
+        state = f"cached in {file}" if file is not None else "not cached: it trains now"
+        reference = f"{ref.name}, {ref.epochs} epochs ({state})"
+    attack = attacks.create(cfg.attack.name, **attack_params(cfg, c)).describe()
+    schedule = f"{s.epochs} epochs per child" + (f" (+{s.epochs_step} every {s.epochs_every} generations)"
+                                                 if s.epochs_step else "")
+    rows = [
+        ("data", f"{data.name}: train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
+                 f"images {c}x{h}x{w}, {data.num_classes} classes"),
+        ("reference", reference),
+        ("attack", f"{attack} (transferred from the reference)"),
+        ("search", f"population {s.population_size} x {s.n_children} children, {s.generations} generations "
+                   f"({n_trials_for(s.generations, s.population_size, s.n_children)} trials), {schedule}, "
+                   f"lam {cfg.training.lam}, fitness {cfg.fitness.name}"),
+        ("storage", f"{mask_url(cfg.study.storage)} (study {cfg.study.name!r})"),
+        ("artifacts", str(artifact_dir(cfg))),
+        ("device", device),
+    ]
+    return [f"  {k:<10} {v}" for k, v in rows]
 
 
 def make_objective(
@@ -116,15 +187,19 @@ def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> NicheEvolutionSample
     """Algorithm 1 with the configured population, epoch schedule and size budget."""
     s = cfg.search
     channels, height, _ = data.input_shape
+    budget = mutations.SizeBudget(
+        max_blocks=s.max_blocks, max_params=s.max_params or None, in_channels=channels,
+        num_classes=data.num_classes, image_size=height,
+    )
+    try:  # can Algorithm 1's first line be met? (cheap: genomes, no training)
+        mutations.initial_population(s.population_size, s.min_distance, random.Random(cfg.seed), budget=budget)
+    except ValueError as exc:
+        raise UsageError(f"[search] min_distance {s.min_distance} for {s.population_size} candidates: {exc}") from None
     return NicheEvolutionSampler(
         population_size=s.population_size, n_children=s.n_children, min_distance=s.min_distance,
         mutations_per_child=(s.mutations_per_child[0], s.mutations_per_child[1]), generations=s.generations,
         epoch_schedule=EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every),
-        mutation_names=s.mutations or None, seed=cfg.seed,
-        budget=mutations.SizeBudget(
-            max_blocks=s.max_blocks, max_params=s.max_params or None, in_channels=channels,
-            num_classes=data.num_classes, image_size=height,
-        ),
+        mutation_names=s.mutations or None, seed=cfg.seed, budget=budget,
     )
 
 
@@ -160,13 +235,23 @@ class Pipeline:
         return n_trials_for(s.generations, s.population_size, s.n_children)
 
 
-def assemble(cfg: RunConfig, *, worker: int = 0) -> Pipeline:
-    """Build the configured search for worker ``worker`` (data, reference, objective, sampler, study)."""
+def assemble(cfg: RunConfig, *, worker: int = 0, echo: Callable[[str], None] | None = None) -> Pipeline:
+    """Build the configured search for worker ``worker`` (data, reference, objective, sampler, study).
+
+    Cheap checks come first, then the data; ``echo`` (e.g. ``print``) gets the
+    plan and the reference's training lines before anything is trained.
+    """
     check(cfg)
     device = device_for(cfg, worker)
     data = load_data(cfg, device=device)
-    reference = make_reference(cfg, data, device=device)
+    sampler = make_sampler(cfg, data)  # checks min_distance can be met
+    if echo is not None:
+        echo("plan:")
+        for line in plan(cfg, data, device):
+            echo(line)
+    reference = make_reference(cfg, data, device=device, echo=echo)
+    interrupt.check()
     objective = make_objective(cfg, data, reference, device=device)
-    sampler = make_sampler(cfg, data)
+    interrupt.check()
     study = make_study(cfg, sampler, objective)
     return Pipeline(cfg, device, data, reference, objective, sampler, study)

@@ -16,20 +16,25 @@ import dataclasses
 import logging
 import multiprocessing as mp
 import os
-from collections.abc import Callable, Sequence
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch import pipeline
+from gmsearch import interrupt, pipeline
 from gmsearch.config import RunConfig
+from gmsearch.errors import Interrupted, UsageError
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
-from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY
+from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED
 from gmsearch.search.selection import sync_replaced
 
 logger = logging.getLogger(__name__)
@@ -60,6 +65,54 @@ class _Progress:
             )
             self.tripped = True
             study.stop()
+
+
+class _DropFailureLines(logging.Filter):
+    """Optuna's line for a failed trial: gmsearch already logged the reason (one warning per trial)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith("Trial ") and (" failed with value " in message or "Interrupted(" in message
+                                                        or "KeyboardInterrupt" in message))
+
+
+@contextmanager
+def _quiet_optuna_failures() -> Iterator[None]:
+    optuna_logger = logging.getLogger("optuna.study._optimize")
+    drop = _DropFailureLines()
+    optuna_logger.addFilter(drop)
+    try:
+        yield
+    finally:
+        optuna_logger.removeFilter(drop)
+
+
+def requeue_interrupted(study: optuna.Study) -> list[int]:
+    """Re-queue every child stopped by Ctrl-C (not yet retried) with its genome and parent; their numbers."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    again = [
+        t for t in trials
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON_KEY) == INTERRUPTED and t.number not in retried
+    ]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        requeue = RetryHeartbeatStaleTrialCallback(max_retry=None)  # copies genome, parent and params
+        for trial in again:
+            requeue(study, trial)
+    return [t.number for t in again]
+
+
+def failure_summary(study: optuna.Study) -> str | None:
+    """When no trial with a genome completed but some failed: the most common reason, else None."""
+    trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]
+    if not trials or any(t.state == TrialState.COMPLETE for t in trials):
+        return None
+    reasons = Counter(str(t.user_attrs.get(FAIL_REASON_KEY, "unknown")) for t in trials if t.state == TrialState.FAIL)
+    if not reasons:
+        return None
+    reason, count = reasons.most_common(1)[0]
+    return f"every trial failed ({sum(reasons.values())}); the most common reason ({count}x): {reason}"
 
 
 def _remaining(study: optuna.Study, total: int) -> int:
@@ -100,14 +153,21 @@ def optimize_until_finished(
     progress = _Progress(max_consecutive_failures)
     heartbeat = is_heartbeat_enabled(study._storage)
     while not sampler.is_finished(study) and not progress.tripped:
+        interrupt.check()
         progress.worked = False
         remaining = max(_remaining(study, total), 1)  # at least one: a retry or a vacancy may need it
         try:
             # the sampler stops the loop once the generations are done (with other workers too)
-            study.optimize(objective, n_trials=remaining, callbacks=[progress], show_progress_bar=show_progress_bar)
+            with _quiet_optuna_failures():
+                study.optimize(
+                    objective, n_trials=remaining, callbacks=[progress], show_progress_bar=show_progress_bar
+                )
         except UpdateFinishedTrialError as exc:
             logger.warning("%s: another worker failed it as stale and re-queued it; going on", exc)
             continue
+        except (Interrupted, KeyboardInterrupt):
+            requeue_interrupted(study)
+            raise Interrupted(interrupt.MESSAGE) from None
         if not progress.worked and not heartbeat:
             logger.warning(
                 "study %s: the trials left are held by other workers; without a heartbeat they are never "
@@ -137,7 +197,28 @@ def _spawned(cfg_dict: dict[str, Any], worker: int, workers: int) -> None:
     cfg = config.parse(cfg_dict)
     if pipeline.device_for(cfg, worker) == "cpu":  # share the cores instead of oversubscribing them
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
-    run_worker(cfg, worker, show_progress_bar=False)
+    with interrupt.stop_on_sigint():  # Ctrl-C reaches every process of the group
+        try:
+            run_worker(cfg, worker, show_progress_bar=False)
+        except Interrupted:
+            raise SystemExit(Interrupted.exit_code) from None
+
+
+def other_process_warning(study: optuna.Study, storage: str) -> str | None:
+    """A warning when another live process already works on ``study`` in SQLite storage (None: none does)."""
+    if not storage.startswith("sqlite") or not is_heartbeat_enabled(study._storage):
+        return None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)  # dead processes' trials are no sign of a live one
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    if not running:
+        return None
+    return (
+        f"another process is working on study {study.study_name!r} ({len(running)} running trial(s)) in SQLite "
+        f"storage {storage}: fine for a few processes on one machine, but use PostgreSQL for many workers "
+        "(SQLite locks the whole file on every write)"
+    )
 
 
 def shared_storage_warning(storage: str, workers: int) -> str | None:
@@ -157,30 +238,42 @@ def shared_storage_warning(storage: str, workers: int) -> str | None:
     return None
 
 
-def run(cfg: RunConfig, *, workers: int | None = None) -> optuna.Study:
+def run(
+    cfg: RunConfig, *, workers: int | None = None, echo: Callable[[str], None] | None = None,
+    show_progress_bar: bool = True,
+) -> optuna.Study:
     """Run the study of ``cfg`` with ``workers`` processes (default ``cfg.workers``) and return it.
 
-    With several workers, the parent prepares the shared caches and creates the
-    study once, then spawns the workers (one GPU each round-robin, or CPU) and
-    waits for them.
+    Cheap checks come first (nothing is written when one fails); ``echo`` gets
+    the plan. With several workers, the parent prepares the shared caches and
+    creates the study once, then spawns the workers (one GPU each round-robin,
+    or CPU) and waits for them. Ctrl-C stops at a safe point: the interrupted
+    children are re-queued and :class:`~gmsearch.errors.Interrupted` is raised.
     """
     n = workers if workers is not None else cfg.workers
     if n < 1:
-        raise ValueError(f"workers must be >= 1, got {n}")
+        raise UsageError(f"workers must be >= 1, got {n}")
+    pipeline.check(cfg)
     warning = shared_storage_warning(cfg.study.storage, n)
     if warning:
         logger.warning(warning)
-    if n == 1:
-        return run_worker(cfg, 0)
-    study, objective, _ = build(cfg)  # warm the caches and create the study before the workers start
-    del objective
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_spawned, args=(dataclasses.asdict(cfg), i, n)) for i in range(n)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join()
+    with interrupt.stop_on_sigint():
+        built = pipeline.assemble(cfg, echo=echo)  # with workers: warms the caches, creates the study
+        if n == 1:
+            warning = other_process_warning(built.study, cfg.study.storage)
+            if warning:
+                logger.warning(warning)
+            optimize_until_finished(built.study, built.objective, show_progress_bar=show_progress_bar)
+            return built.study
+        ctx = mp.get_context("spawn")
+        procs = [ctx.Process(target=_spawned, args=(dataclasses.asdict(cfg), i, n)) for i in range(n)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        if interrupt.requested() or any(p.exitcode == Interrupted.exit_code for p in procs):
+            raise Interrupted(interrupt.MESSAGE)
     bad = [p.exitcode for p in procs if p.exitcode != 0]
     if bad:
         logger.warning("%d worker(s) exited with codes %s", len(bad), bad)
-    return study
+    return built.study

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from gmsearch import interrupt
 from gmsearch.registry import Registry
 
 #: All attacks, by name. ``gmsearch plugins`` lists it.
@@ -316,6 +317,7 @@ class Attack:
             start = self.start(x, generator) if self.stochastic else x
             out = torch.empty_like(x)
             for lo in range(0, x.shape[0], self.batch_size):
+                interrupt.check()
                 hi = lo + self.batch_size
                 out[lo:hi] = self.perturb(model, x[lo:hi], y[lo:hi], start[lo:hi], generator)
         return out

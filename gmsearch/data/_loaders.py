@@ -136,6 +136,7 @@ def load(
     val_fraction: float = 0.1,
     seed: int = 0,
     device: str | torch.device | None = None,
+    num_classes: int | None = None,
     **kwargs: Any,
 ) -> Dataset:
     """Load a registered dataset as train / val / test tensors.
@@ -159,6 +160,9 @@ def load(
             without reduction is the source's own, in its original order,
             whatever the seed.
         device: Put every tensor on this device (default: CPU).
+        num_classes: Declare the classes ``0 .. num_classes - 1`` (some may be
+            absent); without it (and without the loader's class names) labels
+            must be ``0 .. K - 1`` with every class in the training split.
         **kwargs: Passed to the loader, e.g. ``path=`` for ``npz`` or
             ``image_size=`` for ``digits``.
 
@@ -188,7 +192,7 @@ def load(
             f"dataset {name!r}: train images {tuple(x_train.shape[1:])} and test images "
             f"{tuple(x_test.shape[1:])} differ in shape"
         )
-    class_names = _class_names(raw.class_names, y_train, y_test, name)
+    class_names = _class_names(raw.class_names, y_train, y_test, name, num_classes)
     num_classes = len(class_names)
 
     if reduced:
@@ -238,6 +242,9 @@ def _as_images(array: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
         return x.contiguous().float().div_(255.0)
     if x.is_floating_point():
         x = x.float().contiguous()
+        bad = int((~torch.isfinite(x)).sum())
+        if bad:
+            raise ValueError(f"{what}: {bad} NaN or infinite pixel value(s); images must be finite, in [0, 1]")
         if x.numel() and (float(x.min()) < 0.0 or float(x.max()) > 1.0):
             raise ValueError(
                 f"{what}: float images must lie in [0, 1], got [{float(x.min()):g}, {float(x.max()):g}]"
@@ -258,14 +265,29 @@ def _as_labels(array: torch.Tensor | np.ndarray, what: str) -> torch.Tensor:
 
 
 def _class_names(
-    given: Sequence[str] | None, y_train: torch.Tensor, y_test: torch.Tensor, name: str
+    given: Sequence[str] | None, y_train: torch.Tensor, y_test: torch.Tensor, name: str, num_classes: int | None
 ) -> tuple[str, ...]:
+    """Class names; labels outside the declared classes are an error, never a silent extra class."""
     top = max(int(y_train.max()) if len(y_train) else -1, int(y_test.max()) if len(y_test) else -1)
-    if given is None:
+    if given is not None:
+        class_names = tuple(str(c) for c in given)
+        if num_classes is not None and num_classes != len(class_names):
+            raise ValueError(f"dataset {name!r}: num_classes={num_classes} but {len(class_names)} class names")
+    elif num_classes is not None:
+        class_names = tuple(str(c) for c in range(num_classes))
+    else:
+        missing = sorted(set(range(top + 1)) - set(y_train.unique().tolist()))
+        if missing:
+            raise ValueError(
+                f"dataset {name!r}: labels run to {top} but classes {missing[:10]} have no training image; "
+                f"labels must be 0..K-1 with every class present, or pass num_classes explicitly"
+            )
         return tuple(str(c) for c in range(top + 1))
-    class_names = tuple(str(c) for c in given)
     if top >= len(class_names):
-        raise ValueError(f"dataset {name!r}: label {top} but only {len(class_names)} class names")
+        raise ValueError(
+            f"dataset {name!r}: label {top} is outside the {len(class_names)} declared classes "
+            f"(labels must be 0..{len(class_names) - 1})"
+        )
     return class_names
 
 

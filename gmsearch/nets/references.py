@@ -11,6 +11,7 @@ pass any ``nn.Module`` or a checkpoint path instead.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,26 @@ def load_checkpoint(path: str | Path) -> dict[str, Tensor]:
     return obj
 
 
+def _cache_entry(
+    name: str, data: Dataset, *, epochs: int, batch_size: int, lr: float | None, seed: int,
+    cache_dir: str | Path | None,
+) -> tuple[Path, dict[str, Any]]:
+    architectures.get(name)  # unknown name: error listing the available ones
+    recipe: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "adam"}
+    meta = {"what": "reference", "arch": name, "data": data.fingerprint(), "recipe": recipe, "seed": seed}
+    root = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+    return root / "references" / f"{name}-{cache.content_hash(meta)}.pt", meta
+
+
+def cached_file(
+    name: str, data: Dataset, *, epochs: int = 30, batch_size: int = 128, lr: float | None = None, seed: int = 0,
+    cache_dir: str | Path | None = None,
+) -> Path | None:
+    """The cached weights :func:`get` would load for architecture ``name`` (None: it would train)."""
+    file, _ = _cache_entry(name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dir=cache_dir)
+    return file if file.is_file() else None
+
+
 def get(
     reference: str | nn.Module | Path,
     data: Dataset,
@@ -108,6 +129,7 @@ def get(
     seed: int = 0,
     device: str | torch.device | None = None,
     cache_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> FrozenReference:
     """A frozen, trained reference network for ``data``.
 
@@ -123,6 +145,7 @@ def get(
         seed: Fixes initialisation and batch order.
         device: Where the reference lives.
         cache_dir: Weight cache (default ``~/.cache/gmsearch`` or ``$GMSEARCH_CACHE``).
+        progress: Where the training lines go (one per epoch); default: this module's logger at INFO.
 
     Returns:
         A :class:`FrozenReference` with ``clean_acc`` measured on ``data.test``.
@@ -149,17 +172,15 @@ def get(
         return frozen
 
     name = str(reference)
-    architectures.get(name)  # unknown name: error listing the available ones
-    recipe: dict[str, Any] = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "optimizer": "adam"}
-    meta = {"what": "reference", "arch": name, "data": data.fingerprint(), "recipe": recipe, "seed": seed}
-    root = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
-    file = root / "references" / f"{name}-{cache.content_hash(meta)}.pt"
+    file, meta = _cache_entry(name, data, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, cache_dir=cache_dir)
+    say = progress or logger.info
 
     def compute() -> dict[str, Tensor]:
-        logger.info("training reference %s for %d epochs (cached at %s)", name, epochs, file)
+        say(f"training reference {name} for {epochs} epochs (cached at {file})")
         torch.manual_seed(seed)
         net = build_architecture(name, data)
-        train(net, data, lam=0.0, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev)
+        train(net, data, lam=0.0, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
+              log=say, what=f"reference {name}")
         acc = accuracy(net, test_x, test_y)
         return {**{f"state.{k}": v for k, v in net.state_dict().items()}, "clean_acc": torch.tensor(acc)}
 

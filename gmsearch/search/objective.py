@@ -28,12 +28,13 @@ from torch import nn
 from gmsearch import attacks, cache
 from gmsearch.attacks import AdversarialSet, adversarial_set
 from gmsearch.data._loaders import Dataset
+from gmsearch.errors import Interrupted
 from gmsearch.evaluation import accuracy
 from gmsearch.nets.builder import build, count_params
 from gmsearch.nets.genome import Genome
 from gmsearch.search import fitness as fitness_plugins
 from gmsearch.search import schema
-from gmsearch.search.schema import EPOCHS_KEY, FAIL_REASON_KEY, genome_of, trial_seed
+from gmsearch.search.schema import EPOCHS_KEY, FAIL_REASON_KEY, INTERRUPTED, genome_of, trial_seed
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class GMObjective:
         device: Where to train (default: CUDA if available).
         cache_dir: Cache of adversarial sets and reference gradients.
         seed: Fixes each trial's initialisation (with the trial number).
-        artifact_store: Where each trial's trained weights are saved
-            (an Optuna artifact store, or a directory path). None: not saved.
+        artifact_store: Where each trial's trained weights are saved: an
+            Optuna artifact store, a folder, ``"auto"`` (default: the folder the
+            study records, else ``gmsearch_artifacts`` beside its SQLite file,
+            recorded on the study) or None (not saved).
     """
 
     def __init__(
@@ -85,7 +88,7 @@ class GMObjective:
         device: str | torch.device | None = None,
         cache_dir: str | Path | None = None,
         seed: int = 0,
-        artifact_store: FileSystemArtifactStore | str | Path | None = None,
+        artifact_store: FileSystemArtifactStore | str | Path | None = "auto",
     ) -> None:
         self.device = resolve_device(device)
         self.data = data.to(self.device)
@@ -101,10 +104,14 @@ class GMObjective:
         self.lr = lr
         self.seed = seed
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
-        if isinstance(artifact_store, str | Path):
-            Path(artifact_store).mkdir(parents=True, exist_ok=True)
-            artifact_store = FileSystemArtifactStore(str(artifact_store))
-        self.artifact_store = artifact_store
+        self._artifact_dir: Path | None = None  # recorded on the study at the first trial
+        self._auto_store = artifact_store == "auto"
+        if isinstance(artifact_store, str | Path) and not self._auto_store:
+            self._artifact_dir = Path(artifact_store)
+            artifact_store = schema.open_artifact_store(artifact_store)
+        self.artifact_store: FileSystemArtifactStore | None = (
+            artifact_store if isinstance(artifact_store, FileSystemArtifactStore) else None
+        )
         self.adversarial_val = self._adversarial("val")
         self._adversarial_test: AdversarialSet | None = None
         self.ref_grads = (
@@ -131,7 +138,18 @@ class GMObjective:
         channels, h, w = self.data.input_shape
         return build(genome, in_channels=channels, num_classes=self.data.num_classes, image_size=(h, w))
 
+    def _store_for(self, study: optuna.Study) -> FileSystemArtifactStore | None:
+        """The artifact store, opened (``"auto"``) and recorded on ``study`` at the first trial."""
+        if self._auto_store and self.artifact_store is None:
+            folder = schema.recorded_artifact_dir(study) or schema.default_artifact_dir(schema.storage_url(study))
+            self._artifact_dir, self.artifact_store = folder, schema.open_artifact_store(folder)
+        if self._artifact_dir is not None:
+            schema.record_artifact_dir(study, self._artifact_dir)
+            self._artifact_dir = None  # recorded
+        return self.artifact_store
+
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, ...]:
+        store = self._store_for(trial.study)
         genome = genome_of(trial)
         epochs = int(trial.user_attrs.get(EPOCHS_KEY, self.epochs))
         torch.manual_seed(trial_seed(self.seed, trial.number) % 2**63)
@@ -152,10 +170,13 @@ class GMObjective:
             trial.set_user_attr("adv_acc", adv)
             trial.set_user_attr("epochs", epochs)
             trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
-            if self.artifact_store is not None:
+            if store is not None:
                 self._save_weights(trial, net, genome)
             value = self.fitness(clean, adv)
             return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
+        except (Interrupted, KeyboardInterrupt):
+            trial.set_user_attr(FAIL_REASON_KEY, INTERRUPTED)  # the runner re-queues it with its genome
+            raise
         except (TrainingDivergedError, RuntimeError) as exc:
             if not isinstance(exc, TrainingDivergedError) and not _is_oom(exc):
                 raise

@@ -63,6 +63,8 @@ WEIGHTS_KEY = "gmsearch:weights"
 FAIL_REASON_KEY = "gmsearch:fail_reason"
 RIVAL_KEY = "gmsearch:rival"
 PRUNE_EPOCH_KEY = "gmsearch:would_prune_at"
+#: The fail reason of a child stopped by Ctrl-C (re-queued with its genome and parent).
+INTERRUPTED = "interrupted"
 CLEAN_ACC = "clean_acc"
 ADV_ACC = "adv_acc"
 # --- study system attrs

@@ -23,6 +23,8 @@ import optuna
 from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
+from gmsearch.errors import EnvironmentProblem, UsageError
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_STORAGE = "sqlite:///gmsearch.db"
@@ -38,6 +40,83 @@ def _with_installed_postgres_driver(url: str) -> str:
             f"storage {url!r} needs a PostgreSQL driver: pip install 'psycopg[binary]' (or gmsearch[postgres])"
         )
     return f"postgresql+psycopg{sep}{rest}"
+
+
+_SCHEMES = "sqlite:///FILE, postgresql://USER:PASS@HOST/DB, mysql://..., journal:FILE or grpc://HOST:PORT"
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _scheme(url: str) -> str:
+    if url.startswith("journal:"):
+        return "journal"
+    scheme = url.partition("://")[0] if "://" in url else ""
+    return scheme.split("+")[0]
+
+
+def check_storage(url: str, *, must_exist: bool = False, connect_timeout: int = 5) -> None:
+    """Fail fast, in one line, on a storage URL that cannot work; creates nothing.
+
+    Checks the scheme; for SQLite and journal files that their folder exists
+    and an existing SQLite file is a sound database; for PostgreSQL and MySQL
+    that the server answers within ``connect_timeout`` seconds.
+
+    Raises:
+        UsageError: an unsupported URL scheme.
+        EnvironmentProblem: a missing folder or file (``must_exist``), a corrupt
+            SQLite file, an unreachable database server.
+    """
+    scheme = _scheme(url)
+    if scheme not in {"sqlite", "postgresql", "postgres", "mysql", "journal", "grpc"}:
+        raise UsageError(f"storage {mask_url(url)!r}: unsupported URL scheme {scheme or '(none)'!r}; use {_SCHEMES}")
+    if scheme in ("sqlite", "journal"):
+        raw = url[len("sqlite:///") :] if scheme == "sqlite" else url[len("journal:") :]
+        if raw in ("", ":memory:"):
+            return
+        file = Path(raw)
+        if not file.exists():
+            if must_exist:
+                raise EnvironmentProblem(f"storage {url!r}: no such file {str(file)!r}")
+            if not file.parent.is_dir():
+                raise EnvironmentProblem(f"storage {url!r}: folder {str(file.parent)!r} does not exist")
+            return
+        if scheme == "sqlite":
+            _check_sqlite_file(url, file)
+    elif scheme in ("postgresql", "postgres", "mysql"):
+        _check_server(url, connect_timeout)
+
+
+def _check_sqlite_file(url: str, file: Path) -> None:
+    import sqlite3
+
+    if not file.is_file():
+        raise EnvironmentProblem(f"storage {url!r}: {str(file)!r} is not a file")
+    with file.open("rb") as handle:
+        header = handle.read(len(_SQLITE_HEADER))
+    if file.stat().st_size and header != _SQLITE_HEADER:
+        raise EnvironmentProblem(f"storage {url!r}: {str(file)!r} is not a SQLite database (corrupt or another format)")
+    try:
+        with sqlite3.connect(f"file:{file}?mode=ro", uri=True) as db:
+            verdict = db.execute("PRAGMA quick_check").fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise EnvironmentProblem(f"storage {url!r}: the SQLite file {str(file)!r} is corrupt ({exc})") from None
+    if verdict is None or verdict[0] != "ok":
+        raise EnvironmentProblem(f"storage {url!r}: the SQLite file {str(file)!r} is corrupt ({verdict})")
+
+
+def _check_server(url: str, timeout: int) -> None:
+    import sqlalchemy
+
+    driver_url = _with_installed_postgres_driver(url) if _scheme(url) != "mysql" else url
+    args = {"connect_timeout": timeout}
+    try:
+        engine = sqlalchemy.create_engine(driver_url, connect_args=args, poolclass=sqlalchemy.pool.NullPool)
+        with engine.connect():
+            pass
+    except ModuleNotFoundError as exc:
+        raise EnvironmentProblem(f"storage {mask_url(url)!r} needs a database driver: {exc}") from None
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        first = str(getattr(exc, "orig", exc)).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise EnvironmentProblem(f"storage {mask_url(url)!r}: cannot connect ({first})") from None
 
 
 def make_storage(
@@ -165,13 +244,7 @@ def open_study(storage: str | BaseStorage, study_name: str | None = None) -> opt
         ValueError: No study of that name; the message lists the studies the storage holds.
     """
     if isinstance(storage, str):
-        file = None
-        if storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
-            file = Path(storage[len("sqlite:///") :])
-        elif storage.startswith("journal:"):
-            file = Path(storage[len("journal:") :])
-        if file is not None and not file.is_file():
-            raise FileNotFoundError(f"storage {storage!r}: no such file {str(file)!r}")
+        check_storage(storage, must_exist=True)
     opened = make_storage(storage, heartbeat_interval=None)  # read only: no heartbeat, no retries
     assert opened is not None
     where = mask_url(storage) if isinstance(storage, str) else type(storage).__name__

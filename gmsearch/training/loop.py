@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from gmsearch import cache
+from gmsearch import cache, interrupt
 from gmsearch.data._loaders import Dataset, Split
 from gmsearch.evaluation import accuracy
 from gmsearch.training import gm_loss as losses
@@ -196,6 +196,8 @@ def train(
     cache_dir: str | Path | None = None,
     channels_last: bool | None = None,
     amp: bool = False,
+    log: Callable[[str], None] | None = None,
+    what: str | None = None,
 ) -> TrainResult:
     """Train ``net`` on ``data.train`` with ``CE + lam * GM`` (paper eq. 2).
 
@@ -223,6 +225,8 @@ def train(
         amp: bf16 autocast for plain cross-entropy training on CUDA (``lam=0``);
             ignored on CPU and for GM training, which stays float32. Off by
             default: it measured no faster for small networks.
+        log: Where the line of each epoch goes (default: this module's logger at INFO).
+        what: Names the training in those lines.
 
     Returns:
         A :class:`TrainResult` with per-epoch ``loss``, ``ce``, ``gm``,
@@ -291,8 +295,8 @@ def train(
     try:
         return run_epochs(
             net, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed, step=step,
-            columns=("loss", "ce", "gm"), measure=measure, after_epoch=report, what=f"GM training (lam={lam})",
-            hint=f"lower lam or the learning rate (loss={loss!r})",
+            columns=("loss", "ce", "gm"), measure=measure, after_epoch=report, log=log,
+            what=what or f"GM training (lam={lam})", hint=f"lower lam or the learning rate (loss={loss!r})",
         )
     finally:
         release_memory(dev)  # this trial's activations go back to the system
@@ -315,6 +319,7 @@ def run_epochs(
     after_epoch: Callable[[int, dict[str, float]], None] | None = None,
     what: str = "training",
     hint: str = "lower the learning rate",
+    log: Callable[[str], None] | None = None,
 ) -> TrainResult:
     """The one epoch loop: seeded index-slice minibatches over the training tensors, on their device.
 
@@ -337,6 +342,7 @@ def run_epochs(
         after_epoch: Called with each finished record (e.g. to report to an Optuna trial).
         what: Names the trainer in log lines and errors.
         hint: What to try when the loss diverges.
+        log: Where the line of each epoch goes (default: this module's logger at INFO).
 
     Raises:
         TrainingDivergedError: the mean loss of an epoch is NaN or infinite.
@@ -355,6 +361,7 @@ def run_epochs(
             idx = order[i : i + batch_size]
             if len(idx) < 2:
                 continue
+            interrupt.check()  # Ctrl-C stops between steps, never inside one
             out = step(x_train[idx], y_train[idx], idx).reshape(-1, len(columns))
             totals += out.sum(0)
             steps += out.shape[0]
@@ -366,10 +373,8 @@ def run_epochs(
             measure(record)
         record["seconds"] = time.perf_counter() - t0
         result.history.append(record)
-        logger.info(
-            "%s epoch %d/%d %s %.1fs", what, epoch, epochs,
-            " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds")), record["seconds"],
-        )
+        metrics = " ".join(f"{k} {v:.4f}" for k, v in record.items() if k not in ("epoch", "seconds"))
+        (log or logger.info)(f"{what} epoch {epoch}/{epochs} {metrics} {record['seconds']:.1f}s")
         if after_epoch is not None:
             after_epoch(epoch, record)
     net.eval()
