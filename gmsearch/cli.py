@@ -213,8 +213,8 @@ def _exit_code(exc: BaseException) -> int:
         return exc.exit_code
     if isinstance(exc, KeyboardInterrupt):
         return 130
-    if isinstance(exc, ValueError | KeyError | TypeError):
-        return 2  # a bad setting or name: the message says what is allowed
+    if isinstance(exc, ValueError | KeyError | TypeError | FileNotFoundError):
+        return 2  # a bad setting, name or path: the message says what is allowed
     return 1  # the environment: files, devices, services
 
 

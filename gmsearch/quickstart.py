@@ -86,7 +86,7 @@ def run_quickstart(
     data = pipeline.load_data(cfg, device=dev)
     print(f"      train {len(data.train)} / val {len(data.val)} / test {len(data.test)} images")
     print(f"[2/5] reference hand_a ({reference_epochs} epochs, cached in {cache})")
-    ref = pipeline.make_reference(cfg, data, device=dev)
+    ref = pipeline.make_reference(cfg, data, device=dev, echo=lambda line: print(f"      {line}", flush=True))
     print("[3/5] adversarial sets and reference gradients (cached)")
     objective = pipeline.make_objective(cfg, data, ref, device=dev)
     sampler = pipeline.make_sampler(cfg, data)

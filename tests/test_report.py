@@ -78,7 +78,7 @@ def section_ids(text: str) -> list[str]:
 def test_sections_escaping_and_no_network(study: optuna.Study, html_path: Path) -> None:
     text = html_path.read_text(encoding="utf-8")
     assert section_ids(text) == [
-        "summary", "baseline", "history", "importance", "parallel", "timeline", "population", "lineage",
+        "summary", "baseline", "history", "importance", "curves", "parallel", "timeline", "population", "lineage",
         "attributions",
     ]
     # self-contained: plotly.js inline exactly once, nothing fetched from the network
@@ -99,6 +99,8 @@ def test_sections_escaping_and_no_network(study: optuna.Study, html_path: Path) 
     for row in ROWS[:2]:
         assert f"<td>{row.name}</td>" in text
     assert "81.00%" in text and "90.00%" in text
+    # the sampler's settings are a small table, not a dict dump
+    assert "<h3>Sampler</h3>" in text and "<td>population_size</td>" in text and "{'population_size'" not in text
     # the lineage table lists every trial; final-population rows are highlighted
     assert text.count('<tr class="highlight">') == n_candidates
     assert all(f"<td class=\"num\">#{t.number}</td>" in text for t in study.trials)
@@ -252,3 +254,10 @@ def test_cli_report_missing_database_is_not_created(tmp_path: Path, capsys: pyte
     assert cli.main(["report", "--storage", f"sqlite:///{db}", "--study", "x", "--out", str(tmp_path / "r.html")]) == 2
     assert "no such file" in capsys.readouterr().err
     assert not db.exists()
+
+
+def test_importances_leave_out_constant_params() -> None:
+    study = optuna.create_study(direction="maximize")
+    study.optimize(lambda t: t.suggest_float("x", 0, 1) + 0 * t.suggest_int("fixed", 3, 3), n_trials=6)
+    text = report.render_report(study)
+    assert "left out: parameters that never varied (fixed)" in text

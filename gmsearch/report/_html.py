@@ -49,6 +49,7 @@ from gmsearch.report.plotting import plot_architecture
 from gmsearch.search.baselines import Row
 from gmsearch.search.schema import (
     ARCH_KEY,
+    ATTACK_KEY,
     ATTRIBUTIONS_KEY,
     BASELINE_KEY,
     GENERATION_KEY,
@@ -296,6 +297,15 @@ def _values_text(trial: FrozenTrial) -> str:
     return ", ".join(_fmt(v) for v in trial.values) if trial.values else "-"
 
 
+def _setting(value: object) -> str:
+    """A sampler setting as short text: tables as ``k=v`` pairs, lists comma-separated."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_setting(v)}" for k, v in value.items() if v is not None) or "-"
+    if isinstance(value, list):
+        return ", ".join(_setting(v) for v in value) or "-"
+    return "-" if value is None else _fmt(value)
+
+
 def _summary(page: _Page, study: optuna.Study) -> None:
     parts = page.section("summary", "Summary")
     trials = study.get_trials(deepcopy=False)
@@ -316,12 +326,18 @@ def _summary(page: _Page, study: optuna.Study) -> None:
         ))
     elif complete:
         rows.append(("Pareto-optimal trials", ", ".join(f"#{t.number}" for t in study.best_trials)))
+    attack = study.user_attrs.get(ATTACK_KEY)
+    if isinstance(attack, dict):
+        params = ", ".join(f"{k}={_fmt(v)}" for k, v in (attack.get("params") or {}).items())
+        rows.append(("attack", f"{attack.get('name')}({params})"))
+    parts.append(_key_values(rows))
     config = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY)
     if config:
-        rows.append(("sampler", ", ".join(f"{k}={v}" for k, v in config.items())))
+        parts.append("<h3>Sampler</h3>" + _table(
+            ["setting", "value"], [(key, _setting(value)) for key, value in config.items()], numeric=[False, False]
+        ))
     else:
-        rows.append(("sampler", "no gmsearch sampler settings stored (not a NicheEvolutionSampler study?)"))
-    parts.append(_key_values(rows))
+        parts.append(_note("no gmsearch sampler settings stored (not a NicheEvolutionSampler study?)"))
 
 
 def _baseline(page: _Page, title: str, rows: Sequence[Row]) -> None:
@@ -379,12 +395,23 @@ def _search_plots(page: _Page, study: optuna.Study) -> None:
             f"{len(varying)} varying params)"
         ))
     else:
+        constant = sorted({p for t in complete for p in t.params} - varying)
         try:
-            fig = _optuna_plot(lambda: vis.plot_param_importances(study))
+            fig = _optuna_plot(lambda: vis.plot_param_importances(study, params=sorted(varying)))
             parts.append(page.figure(fig, height=380))
+            if constant:
+                parts.append(_note(f"left out: parameters that never varied ({', '.join(constant)}); "
+                                   "a constant parameter explains nothing"))
         except Exception as exc:  # the importance evaluators fail on some tiny or degenerate studies
             logger.warning("param importances failed: %s", _brief(exc))
             parts.append(_note(f"param importances could not be computed: {_brief(exc)}"))
+
+    parts = page.section("curves", "Learning curves")
+    if n_obj == 1 and any(t.intermediate_values for t in study.get_trials(deepcopy=False)):
+        parts.append(page.figure(_optuna_plot(lambda: vis.plot_intermediate_values(study)), height=440))
+        parts.append(_note("validation fitness after every epoch of every child (pruned children end early)"))
+    else:
+        parts.append(_note("no per-epoch values stored (multi-objective studies have none)"))
 
     parts = page.section("parallel", "Parallel coordinate")
     if complete:

@@ -75,9 +75,9 @@ def check_storage(url: str, *, must_exist: bool = False, connect_timeout: int = 
         file = Path(raw)
         if not file.exists():
             if must_exist:
-                raise EnvironmentProblem(f"storage {url!r}: no such file {str(file)!r}")
+                raise UsageError(f"storage {url!r}: no such file {str(file)!r}")
             if not file.parent.is_dir():
-                raise EnvironmentProblem(f"storage {url!r}: folder {str(file.parent)!r} does not exist")
+                raise UsageError(f"storage {url!r}: folder {str(file.parent)!r} does not exist")
             return
         if scheme == "sqlite":
             _check_sqlite_file(url, file)
