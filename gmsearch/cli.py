@@ -231,7 +231,10 @@ def _message(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = make_parser().parse_args(argv)
+    try:
+        args = make_parser().parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or a bad argument (already reported in one line)
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 2
     _configure_logging(args.verbose)
     try:
         return int(args.func(args))

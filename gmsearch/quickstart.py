@@ -63,7 +63,6 @@ def run_quickstart(
     """
     start = time.perf_counter()
     work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
     cache = Path(cache_dir) if cache_dir is not None else work / ".gmsearch_cache"
     cfg = config.parse({  # the preset; every other value is config.py's default
         "seed": seed, "device": device or "auto",
@@ -80,6 +79,8 @@ def run_quickstart(
             "artifacts": str(work / "gmsearch_artifacts"), "cache_dir": str(cache),
         },
     })
+    pipeline.check_device(pipeline.device_for(cfg))  # before the work folder is made
+    work.mkdir(parents=True, exist_ok=True)
     pipeline.check(cfg)
     dev = pipeline.device_for(cfg)
     print(f"[1/5] loading scikit-learn digits ({image_size}x{image_size}, grey)")

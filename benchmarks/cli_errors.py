@@ -1,0 +1,178 @@
+"""Bad inputs a new user makes, and how fast ``gmsearch`` rejects each (before any training).
+
+``CASES`` is the table ``tests/test_cli_errors.py`` checks (exit status, one
+line on stderr naming the problem, no traceback, nothing written). Run as a
+script it times each case as a real process with an uncached reference:
+
+    python benchmarks/cli_errors.py          # seconds to the error, per bad input (goal: < 10 s)
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+GOOD = """
+seed = 0
+device = "cpu"
+[data]
+name = "digits"
+image_size = 8
+[reference]
+epochs = 2
+[search]
+population_size = 2
+n_children = 1
+generations = 1
+epochs = 1
+[study]
+name = "bad"
+storage = "sqlite:///{tmp}/study.db"
+artifacts = "{tmp}/artifacts"
+cache_dir = "{tmp}/cache"
+"""
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: ``args(tmp)`` writes what it needs into ``tmp`` and returns the command's arguments."""
+
+    name: str
+    args: Callable[[Path], list[str]]
+    code: int
+    says: str
+
+
+def _config(tmp: Path, extra: str = "", **replace: str) -> Path:
+    text = GOOD
+    for old, new in replace.items():
+        text = text.replace(old, new)
+    text = text.format(tmp=tmp)
+    path = tmp / "study.toml"
+    path.write_text(text + extra)
+    return path
+
+
+def _run(extra: str = "", *more: str, **replace: str) -> Callable[[Path], list[str]]:
+    return lambda tmp: ["run", str(_config(tmp, extra, **replace)), *more]
+
+
+def _storage(url: str) -> Callable[[Path], str]:
+    return lambda tmp: url.format(tmp=tmp)
+
+
+def _with_file(write: Callable[[Path], None], args: Callable[[Path], list[str]]) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        write(tmp)
+        return args(tmp)
+
+    return make
+
+
+def _random_bytes(tmp: Path) -> None:
+    (tmp / "corrupt.db").write_bytes(np.random.default_rng(0).bytes(8192))
+
+
+def _truncated_sqlite(tmp: Path) -> None:
+    import sqlite3
+
+    with sqlite3.connect(tmp / "full.db") as db:
+        db.execute("CREATE TABLE t (x TEXT)")
+        db.executemany("INSERT INTO t VALUES (?)", [("x" * 200,)] * 2000)
+    data = (tmp / "full.db").read_bytes()
+    (tmp / "truncated.db").write_bytes(data[: len(data) // 3])
+    (tmp / "full.db").unlink()
+
+
+def _npz(tmp: Path, *, nan: bool = False, label: int | None = None) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.random((60, 8, 8), dtype=np.float32)
+    y = np.arange(60) % 10
+    if nan:
+        x[3, 2, 2] = np.nan
+    if label is not None:
+        y[5] = label
+    np.savez(tmp / "data.npz", x_train=x, y_train=y, x_test=x[:20], y_test=y[:20])
+
+
+def _npz_run(**kw: object) -> Callable[[Path], list[str]]:
+    return _with_file(lambda tmp: _npz(tmp, **kw),  # type: ignore[arg-type]
+                      lambda tmp: _run(**{'name = "digits"': 'name = "{tmp}/data.npz"', "image_size = 8": ""})(tmp))
+
+
+def _file(name: str) -> Callable[[Path], None]:
+    return lambda tmp: (tmp / name).write_text("not a folder")
+
+
+CASES: list[Case] = [
+    Case("storage: SQLite in a folder that does not exist", _run(**{"{tmp}/study.db": "{tmp}/no/such/dir/s.db"}),
+         2, "does not exist"),
+    Case("storage: corrupt SQLite file (random bytes)",
+         _with_file(_random_bytes, _run(**{"{tmp}/study.db": "{tmp}/corrupt.db"})), 1, "not a SQLite database"),
+    Case("storage: truncated SQLite file",
+         _with_file(_truncated_sqlite, _run(**{"{tmp}/study.db": "{tmp}/truncated.db"})), 1, "corrupt"),
+    Case("storage: unreachable PostgreSQL",
+         _run(**{"sqlite:///{tmp}/study.db": "postgresql://u:secret@127.0.0.1:1/db"}), 1, "cannot connect"),
+    Case("storage: unsupported URL scheme", _run(**{"sqlite:///{tmp}/study.db": "redis://localhost/0"}),
+         2, "unsupported URL scheme 'redis'"),
+    Case("report: corrupt SQLite file",
+         _with_file(_random_bytes, lambda tmp: ["report", "--storage", f"sqlite:///{tmp}/corrupt.db",
+                                                "--out", str(tmp / "r.html")]), 1, "not a SQLite database"),
+    Case("report: unreachable PostgreSQL",
+         lambda tmp: ["report", "--storage", "postgresql://u:secret@127.0.0.1:1/db", "--out", str(tmp / "r.html")],
+         1, "cannot connect"),
+    Case("report: unsupported URL scheme",
+         lambda tmp: ["report", "--storage", "redis://x", "--out", str(tmp / "r.html")], 2, "unsupported URL scheme"),
+    Case("unknown GM loss variant", _run('\n[training]\nloss = "cosinus"\n'), 2, "cosine"),
+    Case("min_distance that cannot be met", _run(**{"generations = 1": "generations = 1\nmin_distance = 1000.0"}),
+         2, "min_distance"),
+    Case("[search] epochs = 0", _run(**{"epochs = 1\n[study]": "epochs = 0\n[study]"}), 2, "epochs must be >= 1"),
+    Case("[search] generations = -2", _run(**{"generations = 1": "generations = -2"}), 2, "generations must be >= 1"),
+    Case("run --workers 0", _run("", "--workers", "0"), 2, "must be >= 1"),
+    Case("run --device cuda without a GPU", _run("", "--device", "cuda"), 1, "no CUDA GPU"),
+    Case("[study] artifacts is a file", _with_file(_file("artifacts"), _run()), 2, "is a file"),
+    Case("reference checkpoint that does not exist",
+         _run(**{"[reference]": '[reference]\nname = "missing/ref.pt"\narch = "hand_a"'}), 2, "no such checkpoint"),
+    Case("plugin name that is not found", _run(**{'device = "cpu"': 'device = "cpu"\nplugins = ["no_such_plugin"]'}),
+         2, "not found"),
+    Case("data: NaN pixels", _npz_run(nan=True), 2, "NaN"),
+    Case("data: label outside the declared classes", _npz_run(label=12), 2, "labels run to 12"),
+    Case("quickstart --epochs 0", lambda tmp: ["quickstart", "--workdir", str(tmp), "--epochs", "0"], 2, ">= 1"),
+    Case("quickstart --generations -2", lambda tmp: ["quickstart", "--workdir", str(tmp), "--generations", "-2"],
+         2, ">= 1"),
+    Case("quickstart --workdir is a file",
+         _with_file(_file("wd"), lambda tmp: ["quickstart", "--workdir", str(tmp / "wd")]), 2, "is a file"),
+    Case("quickstart --device cuda without a GPU",
+         lambda tmp: ["quickstart", "--workdir", str(tmp / "q"), "--device", "cuda"], 1, "no CUDA GPU"),
+]
+
+
+def main() -> int:
+    print(f"{'bad input':<50} {'exit':>4} {'seconds':>8}  first line of stderr")
+    worst = 0.0
+    for case in CASES:
+        with tempfile.TemporaryDirectory() as folder:
+            tmp = Path(folder)
+            args = case.args(tmp)
+            start = time.perf_counter()
+            done = subprocess.run([sys.executable, "-m", "gmsearch.cli", *args], capture_output=True, text=True,
+                                  cwd=tmp, env={**os.environ, "GMSEARCH_CACHE": str(tmp / "cache")}, timeout=600)
+            seconds = time.perf_counter() - start
+        worst = max(worst, seconds)
+        line = (done.stderr.strip().splitlines() or ["(nothing)"])[0]
+        ok = "" if done.returncode == case.code and case.says in done.stderr else "  UNEXPECTED"
+        print(f"{case.name:<50} {done.returncode:>4} {seconds:8.2f}  {line[:90]}{ok}")
+    print(f"slowest: {worst:.2f} s (goal: under 10 s, before any training)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
