@@ -9,6 +9,7 @@ Folders are loaded by path, or by name from the search path:
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 import sys
@@ -83,14 +84,29 @@ def load_plugin(name_or_path: str | Path) -> ModuleType:
     return module
 
 
+#: The modules that register gmsearch's own plugins (``import gmsearch`` is lazy, so they load here).
+BUILTIN_MODULES = (
+    "gmsearch.attacks", "gmsearch.data", "gmsearch.nets.architectures", "gmsearch.search.fitness",
+    "gmsearch.search.mutations", "gmsearch.training.gm_loss",
+)
+
+
+def load_builtins() -> None:
+    """Import the modules that register the built-in plugins of every kind."""
+    for name in BUILTIN_MODULES:
+        importlib.import_module(name)
+
+
 def load_plugins(names_or_paths: list[str] | tuple[str, ...] = ()) -> list[ModuleType]:
-    """Load installed entry points, then each named plugin folder."""
+    """Load the built-ins and installed entry points, then each named plugin folder."""
+    load_builtins()
     load_entry_points()
     return [load_plugin(p) for p in names_or_paths]
 
 
 def table() -> list[tuple[str, str, str, str]]:
     """(kind, name, description, origin) of every registered plugin."""
+    load_builtins()
     load_entry_points()
     rows = []
     for kind in sorted(REGISTRIES):
