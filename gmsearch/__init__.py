@@ -28,6 +28,7 @@ from gmsearch import (
     fitness,
     losses,
     mutations,
+    pruners,
     references,
     report,
     zoo,
@@ -38,6 +39,7 @@ from gmsearch.genome import Block, Genome, GenomeError, spectrum_distance
 from gmsearch.objective import GMObjective, load_trial_model
 from gmsearch.plotting import plot_architecture
 from gmsearch.plugins import load_plugin, load_plugins
+from gmsearch.pruners import NichePruner
 from gmsearch.refine import RefineResult, refine
 from gmsearch.sampler import (
     EpochSchedule,
@@ -58,6 +60,7 @@ __all__ = [
     "Genome",
     "GenomeError",
     "NicheEvolutionSampler",
+    "NichePruner",
     "RefineResult",
     "TrainResult",
     "TrainingDivergedError",
@@ -84,6 +87,7 @@ __all__ = [
     "n_trials_for",
     "plot_architecture",
     "population",
+    "pruners",
     "reference_gradients",
     "references",
     "refine",

@@ -212,12 +212,14 @@ class NichePruner(BasePruner):
         if rival is None:
             return False
         storage = study._storage
-        if trial.user_attrs.get(RIVAL_KEY) != rival.number:
+        # a running Trial hands pruners a snapshot whose user attrs miss writes made here: read them afresh
+        attrs = storage.get_trial_user_attrs(trial._trial_id)
+        if attrs.get(RIVAL_KEY) != rival.number:
             storage.set_trial_user_attr(trial._trial_id, RIVAL_KEY, rival.number)
         target = curve_value(rival.intermediate_values, epoch)
         if target is None or behind_by(value, target, study.direction) <= self.margin:
             return False
-        if trial.user_attrs.get(WOULD_PRUNE_KEY) is None:
+        if attrs.get(WOULD_PRUNE_KEY) is None:
             storage.set_trial_user_attr(trial._trial_id, WOULD_PRUNE_KEY, epoch)
             storage.set_trial_user_attr(trial._trial_id, SHADOW_KEY, self.shadow)
         return not self.shadow
