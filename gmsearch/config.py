@@ -39,6 +39,8 @@ Example ``study.toml``::
     epochs_step = 5            # ... +5 ...
     epochs_every = 10          # ... every 10 generations
     max_blocks = 20
+    pruner = "nop"             # nop (paper: every child trains all epochs), niche, median, hyperband
+    pruner_params = {}         # e.g. { warmup = 2, margin = 0.1 } for niche
 
     [study]
     name = "gmsearch"
@@ -105,6 +107,8 @@ class SearchConfig:
     epochs_every: int = 10
     max_blocks: int = 20
     mutations: list[str] = field(default_factory=list)
+    pruner: str = "nop"
+    pruner_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

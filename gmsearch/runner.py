@@ -25,7 +25,7 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch import datasets, mutations, references
+from gmsearch import datasets, mutations, pruners, references
 from gmsearch.config import RunConfig
 from gmsearch.objective import GMObjective
 from gmsearch.plugins import load_plugins
@@ -75,6 +75,7 @@ def build(cfg: RunConfig, *, worker: int = 0) -> tuple[optuna.Study, GMObjective
     two = objective.n_objectives > 1
     study = create_study(
         study_name=cfg.study.name, storage=cfg.study.storage, sampler=sampler,
+        pruner=pruners.create(s.pruner, **s.pruner_params),
         directions=["maximize", "maximize"] if two else None,
     )
     if DATA_KEY not in study.user_attrs:  # what `gmsearch export` needs to rebuild the networks

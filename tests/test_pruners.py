@@ -318,3 +318,16 @@ def test_a_study_without_search_settings_needs_population_size() -> None:
     _add(study, B, {1: 0.9})
     assert not NichePruner(warmup=0).prune(study, _running_child(study, chain(2), {1: 0.0}))
     assert NichePruner(warmup=0, population_size=2).prune(study, _running_child(study, chain(2), {1: 0.0}))
+
+
+def test_config_names_the_pruner_and_plugins_lists_pruners() -> None:
+    from gmsearch import config
+    from gmsearch.plugins import table
+
+    assert config.parse({}).search.pruner == "nop"
+    cfg = config.parse({"search": {"pruner": "niche", "pruner_params": {"warmup": 1, "margin": 0.2}}})
+    pruner = pruners.create(cfg.search.pruner, **cfg.search.pruner_params)
+    assert isinstance(pruner, NichePruner) and (pruner.warmup, pruner.margin) == (1, 0.2)
+    with pytest.raises(config.ConfigError, match="pruner_params must be a table"):
+        config.parse({"search": {"pruner_params": 3}})
+    assert {"niche", "median", "hyperband", "nop"} <= {row[1] for row in table() if row[0] == "pruner"}
