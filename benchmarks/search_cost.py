@@ -66,7 +66,7 @@ class Size:
     attack_steps: int = 10
 
 
-QUICK = Size(population=3, children=2, generations=2, epochs=4, image_size=8, reference_epochs=5,
+QUICK = Size(population=3, children=2, generations=2, epochs=3, image_size=8, reference_epochs=3,
              attack_steps=5)
 
 
