@@ -35,6 +35,7 @@ _MODULES = {
     "zoo": "gmsearch.nets.zoo",
     "fitness": "gmsearch.search.fitness",
     "mutations": "gmsearch.search.mutations",
+    "pruners": "gmsearch.search.pruners",
     "losses": "gmsearch.training.gm_loss",
     "report": "gmsearch.report",
     "paper": "gmsearch.paper",
@@ -44,6 +45,7 @@ _NAMES = {
     "gmsearch.nets": ("Block", "Genome", "GenomeError", "build", "count_params", "estimate_flops", "spectrum_distance"),
     "gmsearch.plugins": ("load_plugin", "load_plugins"),
     "gmsearch.report.plotting": ("plot_architecture",),
+    "gmsearch.search.pruners": ("NichePruner",),
     "gmsearch.search": (
         "EpochSchedule", "GMObjective", "NicheEvolutionSampler", "RefineResult", "create_study", "genome_of",
         "lineage", "load_study", "load_trial_model", "n_trials_for", "population", "refine",
@@ -100,8 +102,10 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         mutations,
         n_trials_for,
         population,
+        pruners,
         refine,
     )
+    from gmsearch.search.pruners import NichePruner
     from gmsearch.training import TrainingDivergedError, TrainResult, reference_gradients, train
     from gmsearch.training import gm_loss as losses
 
@@ -113,6 +117,7 @@ __all__ = [
     "Genome",
     "GenomeError",
     "NicheEvolutionSampler",
+    "NichePruner",
     "RefineResult",
     "TrainResult",
     "TrainingDivergedError",
@@ -141,6 +146,7 @@ __all__ = [
     "paper",
     "plot_architecture",
     "population",
+    "pruners",
     "reference_gradients",
     "references",
     "refine",

@@ -42,6 +42,8 @@ Example ``study.toml``::
     epochs_every = 10          # ... every 10 generations
     max_blocks = 20            # size budget of evolved genomes
     max_params = 0             # parameter budget (0: none)
+    pruner = "nop"             # nop (paper: every child trains all epochs), niche, median, hyperband
+    pruner_params = {}         # e.g. { warmup = 1, margin = 0.08 } for niche
 
     [study]
     name = "gmsearch"
@@ -116,6 +118,8 @@ class SearchConfig:
     max_blocks: int = 20
     max_params: int | None = None
     mutations: list[str] = field(default_factory=list)
+    pruner: str = "nop"
+    pruner_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -30,7 +30,7 @@ from gmsearch.config import RunConfig
 from gmsearch.errors import EnvironmentProblem, UsageError
 from gmsearch.nets import architectures, references
 from gmsearch.plugins import load_plugins
-from gmsearch.search import fitness, mutations, schema
+from gmsearch.search import fitness, mutations, pruners, schema
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
 from gmsearch.search.study import check_storage, create_study, mask_url
@@ -88,6 +88,7 @@ def check(cfg: RunConfig) -> None:
     gm_loss.get(cfg.training.loss)
     for name in cfg.search.mutations:
         mutations.get(name)
+    pruners.create(cfg.search.pruner, **cfg.search.pruner_params)  # unknown name or bad parameter: one line
     if cfg.data.name not in datasets.names() and not cfg.data.name.endswith(".npz"):
         datasets.get(cfg.data.name)  # the error lists the registered datasets
     if cfg.data.name.endswith(".npz") and not Path(cfg.data.name).is_file():
@@ -163,7 +164,7 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str) -> list[str]:
         ("attack", f"{attack} (transferred from the reference)"),
         ("search", f"population {s.population_size} x {s.n_children} children, {s.generations} generations "
                    f"({n_trials_for(s.generations, s.population_size, s.n_children)} trials), {schedule}, "
-                   f"lam {cfg.training.lam}, fitness {cfg.fitness.name}"),
+                   f"lam {cfg.training.lam}, fitness {cfg.fitness.name}, pruner {cfg.search.pruner}"),
         ("storage", f"{mask_url(cfg.study.storage)} (study {cfg.study.name!r})"),
         ("artifacts", str(artifact_dir(cfg))),
         ("device", device),
@@ -208,6 +209,7 @@ def make_study(cfg: RunConfig, sampler: NicheEvolutionSampler, objective: GMObje
     two = objective.n_objectives > 1
     study = create_study(
         study_name=cfg.study.name, storage=cfg.study.storage, sampler=sampler,
+        pruner=pruners.create(cfg.search.pruner, **cfg.search.pruner_params),
         directions=["maximize", "maximize"] if two else None,
     )
     schema.record_data(study, objective.data)

@@ -61,8 +61,9 @@ EPOCHS_KEY = "gmsearch:epochs"
 ARCH_KEY = "gmsearch:architecture"
 WEIGHTS_KEY = "gmsearch:weights"
 FAIL_REASON_KEY = "gmsearch:fail_reason"
-RIVAL_KEY = "gmsearch:rival"
-PRUNE_EPOCH_KEY = "gmsearch:would_prune_at"
+RIVAL_KEY = "gmsearch:rival"  # the candidate a child was compared with by the niche pruner
+WOULD_PRUNE_KEY = "gmsearch:would_prune"  # first epoch the niche pruner stopped (shadow: would stop) it
+PRUNE_SHADOW_KEY = "gmsearch:prune_shadow"  # whether that decision was only recorded (shadow mode)
 #: The fail reason of a child stopped by Ctrl-C (re-queued with its genome and parent).
 INTERRUPTED = "interrupted"
 CLEAN_ACC = "clean_acc"
