@@ -1,0 +1,106 @@
+"""Ctrl-C: `gmsearch run` stops at a safe point, says so in one line, exits 130, leaves no trial RUNNING and
+re-queues the interrupted child with its genome and parent; two processes on one SQLite study warn."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+import gmsearch as gms
+from gmsearch import runner
+from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY
+
+CONFIG = """
+seed = 0
+device = "cpu"
+[data]
+name = "digits"
+image_size = 8
+[reference]
+epochs = 2
+[attack]
+params = {{ steps = 2 }}
+[search]
+population_size = 2
+n_children = 1
+generations = 2
+epochs = 400
+[study]
+name = "ctrl-c"
+storage = "sqlite:///{tmp}/study.db"
+artifacts = "{tmp}/artifacts"
+cache_dir = "{tmp}/cache"
+"""
+
+
+def _running_child(storage: str, deadline: float) -> None:
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        if not Path(storage[len("sqlite:///") :]).exists():
+            continue
+        try:
+            study = optuna.load_study(study_name="ctrl-c", storage=storage)
+        except (KeyError, optuna.exceptions.StorageInternalError):
+            continue
+        if any(GENOME_KEY in t.system_attrs for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+            return
+    raise AssertionError("no trial started training in time")
+
+
+def test_ctrl_c_stops_at_a_safe_point_and_requeues_the_child(tmp_path: Path) -> None:
+    config = tmp_path / "study.toml"
+    config.write_text(CONFIG.format(tmp=tmp_path))
+    storage = f"sqlite:///{tmp_path}/study.db"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "gmsearch.cli", "run", str(config), "--no-progress"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    try:
+        _running_child(storage, time.monotonic() + 240)
+        time.sleep(1.0)  # well inside the child's 400 epochs
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        seconds = time.monotonic() - sent
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert seconds < 15, f"took {seconds:.1f} s to stop"
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert lines[-1] == "gmsearch: interrupted; run the same command again to resume", err
+    assert "Traceback" not in err and "plan:" in out
+    study = optuna.load_study(study_name="ctrl-c", storage=storage)
+    trials = study.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state == TrialState.RUNNING]
+    (stopped,) = [t for t in trials if t.state == TrialState.FAIL]
+    assert stopped.user_attrs[FAIL_REASON_KEY] == INTERRUPTED
+    (again,) = [t for t in trials if t.state == TrialState.WAITING]
+    assert again.system_attrs[GENOME_KEY] == stopped.system_attrs[GENOME_KEY]
+    assert again.user_attrs[PARENT_KEY] == stopped.user_attrs[PARENT_KEY]
+
+
+def test_two_processes_on_one_sqlite_study_warn(tmp_path: Path) -> None:
+    storage = f"sqlite:///{tmp_path}/s.db"
+    study = gms.create_study(study_name="shared", storage=storage, sampler=gms.NicheEvolutionSampler(seed=0))
+    assert runner.other_process_warning(study, storage) is None
+    study.ask()  # another process's running trial (its heartbeat is fresh)
+    warning = runner.other_process_warning(study, storage)
+    assert warning is not None and "another process is working on study 'shared'" in warning
+
+
+@pytest.mark.parametrize("reason", ["diverged: nan", "out of memory"])
+def test_a_run_where_every_trial_failed_names_the_reason(reason: str) -> None:
+    study = optuna.create_study()
+    for _ in range(3):
+        study.add_trial(optuna.trial.create_trial(
+            state=TrialState.FAIL, system_attrs={GENOME_KEY: "{}"}, user_attrs={FAIL_REASON_KEY: reason}
+        ))
+    assert runner.failure_summary(study) == f"every trial failed (3); the most common reason (3x): {reason}"
