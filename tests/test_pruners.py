@@ -331,3 +331,19 @@ def test_config_names_the_pruner_and_plugins_lists_pruners() -> None:
     with pytest.raises(config.ConfigError, match="pruner_params must be a table"):
         config.parse({"search": {"pruner_params": 3}})
     assert {"niche", "median", "hyperband", "nop"} <= {row[1] for row in table() if row[0] == "pruner"}
+
+
+def test_search_cost_benchmark_runs_both_ways_and_prints_the_table(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """benchmarks/search_cost.py (the README's "Cheaper search" table) runs end to end at a tiny size."""
+    from benchmarks import search_cost
+
+    argv = ["--quick", "--seeds", "2", "--population", "2", "--children", "1", "--generations", "1", "--epochs", "2",
+            "--workdir", str(tmp_path), "--curves", str(tmp_path / "curves.json")]
+    assert search_cost.main(argv) == 0
+    out = capsys.readouterr().out
+    for way in ("paper", "niche"):
+        assert f"{way} seed 0:" in out and f"{way} seed 1:" in out
+    assert "child-epochs" in out and "+-" in out
+    assert search_cost.main(["--sweep", str(tmp_path / "curves.json")]) == 0
