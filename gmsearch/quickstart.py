@@ -21,7 +21,8 @@ import optuna
 from optuna.trial import TrialState
 
 from gmsearch import config, pipeline
-from gmsearch.report._html import store_baseline, write_report
+from gmsearch.report._html import write_report
+from gmsearch.report.stored import store_baseline
 from gmsearch.runner import optimize_until_finished
 from gmsearch.search.baselines import Row, evolved_rows, format_table, reference_gm_row, reference_row
 from gmsearch.search.sampler import n_trials_for

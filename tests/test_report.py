@@ -20,6 +20,7 @@ import gmsearch as gms
 from gmsearch import cli, report
 from gmsearch.report import _html
 from gmsearch.search.baselines import Row
+from gmsearch.search.schema import ATTRIBUTIONS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -129,7 +130,7 @@ def test_stored_baseline_and_attributions(tmp_path: Path) -> None:
     assert "pass the artifact store" not in with_store
     assert with_store.count("Plotly.newPlot(") == without.count("Plotly.newPlot(") + 1
     assert "attribution maps" in with_store  # the stored figure's title
-    other.set_user_attr(report.ATTRIBUTIONS_KEY, "not a figure")
+    other.set_user_attr(ATTRIBUTIONS_KEY, "not a figure")
     assert "is not a plotly figure" in report.render_report(other)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         report.write_report(other, tmp_path / "b.html", artifact_store=tmp_path / "missing")

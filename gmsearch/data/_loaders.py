@@ -58,22 +58,6 @@ from gmsearch.data._containers import Dataset, Split
 from gmsearch.data._subsets import per_class_subset, stratified_split
 from gmsearch.registry import Registry
 
-__all__ = [
-    "REDUCED_TEST_PER_CLASS",
-    "REDUCED_TRAIN_PER_CLASS",
-    "Dataset",
-    "DatasetNotFoundError",
-    "LoaderFn",
-    "RawData",
-    "Split",
-    "create",
-    "default_root",
-    "get",
-    "load",
-    "names",
-    "register",
-    "registry",
-]
 
 logger = logging.getLogger(__name__)
 

@@ -10,9 +10,8 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "ATTRIBUTIONS_ARTIFACT": "_html", "ATTRIBUTIONS_KEY": "_html", "BASELINE_KEY": "_html",
-    "load_baseline": "_html", "open_study": "_html", "render_report": "_html", "store_attributions": "_html",
-    "store_baseline": "_html", "write_report": "_html", "plot_architecture": "plotting",
+    "ATTRIBUTIONS_ARTIFACT": "stored", "load_baseline": "stored", "store_attributions": "stored",
+    "store_baseline": "stored", "render_report": "_html", "write_report": "_html", "plot_architecture": "plotting",
     "export_trial": "export", "ExportResult": "export",
 }
 

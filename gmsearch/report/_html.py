@@ -23,35 +23,28 @@ Example:
 
 from __future__ import annotations
 
-import dataclasses
-import datetime
-import html
-import json
 import logging
 import math
 import re
-import tempfile
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import optuna
 import plotly.graph_objects as go
-import plotly.io as pio
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import FileSystemArtifactStore
 from optuna.trial import FrozenTrial, TrialState
-from plotly.offline import get_plotlyjs
 
-from gmsearch import __version__
 from gmsearch.nets.genome import Genome, GenomeError
+from gmsearch.report._lineage import _lineage_figure
+from gmsearch.report._page import _brief, _esc, _fmt, _key_values, _note, _Page, _pct, _table
 from gmsearch.report.plotting import plot_architecture
+from gmsearch.report.stored import _row_from, _stored_attributions, load_baseline
 from gmsearch.search.baselines import Row
 from gmsearch.search.schema import (
     ARCH_KEY,
     ATTACK_KEY,
-    ATTRIBUTIONS_KEY,
-    BASELINE_KEY,
     GENERATION_KEY,
     GENOME_KEY,
     PARENT_KEY,
@@ -62,221 +55,8 @@ from gmsearch.search.selection import lineage, population
 
 logger = logging.getLogger(__name__)
 
-#: File name of attribution maps uploaded as a study artifact (see :func:`store_attributions`).
-ATTRIBUTIONS_ARTIFACT = "gmsearch_attributions.json"
-
-# --- what the study stores for the report ---------------------------------------------------------
-
-
-def _row_from(item: Row | Mapping[str, Any]) -> Row:
-    if isinstance(item, Row):
-        return item
-    try:
-        return Row(
-            name=str(item["name"]),
-            clean_acc=float(item["clean_acc"]),
-            adv_acc=float(item["adv_acc"]),
-            fooling_rate=None if item.get("fooling_rate") is None else float(item["fooling_rate"]),
-            detail=str(item.get("detail", "")),
-        )
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(
-            f"bad baseline row {item!r}: need name, clean_acc, adv_acc (optional fooling_rate, detail)"
-        ) from exc
-
-
-def store_baseline(study: optuna.Study, rows: Iterable[Row | Mapping[str, Any]], *, title: str = "") -> None:
-    """Keep the baseline table on the study (user attr :data:`BASELINE_KEY`) for :func:`write_report`.
-
-    Args:
-        study: The study the table belongs to.
-        rows: :class:`~gmsearch.experiments.Row` objects (or dicts with the same fields), e.g.
-            Ref, Ref+GM and NE+GM on the test split.
-        title: Caption; name the split, the attack and its budget.
-    """
-    table = {"title": title, "rows": [dataclasses.asdict(_row_from(r)) for r in rows]}
-    study.set_user_attr(BASELINE_KEY, table)
-
-
-def load_baseline(study: optuna.Study) -> tuple[str, list[Row]] | None:
-    """The baseline table stored by :func:`store_baseline` as ``(title, rows)``, or None."""
-    stored = study.user_attrs.get(BASELINE_KEY)
-    if stored is None:
-        return None
-    if isinstance(stored, Mapping):
-        return str(stored.get("title", "")), [_row_from(r) for r in stored.get("rows", [])]
-    return "", [_row_from(r) for r in stored]
-
-
-def store_attributions(
-    study: optuna.Study, figure: go.Figure, *, artifact_store: FileSystemArtifactStore | None = None
-) -> None:
-    """Keep attribution maps (a plotly figure) with the study for :func:`write_report`; the latest call wins.
-
-    Args:
-        study: The study the maps belong to.
-        figure: The attribution maps, e.g. integrated gradients of the reference and the evolved nets.
-        artifact_store: Upload the figure as a study artifact (for large figures) and keep
-            ``{"artifact_id": ...}`` in the study user attr :data:`ATTRIBUTIONS_KEY`; None keeps the
-            figure's JSON itself there.
-    """
-    text = figure.to_json()
-    if artifact_store is None:
-        study.set_user_attr(ATTRIBUTIONS_KEY, text)
-        return
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / ATTRIBUTIONS_ARTIFACT
-        path.write_text(text, encoding="utf-8")
-        artifact_id = upload_artifact(artifact_store=artifact_store, file_path=str(path), study_or_trial=study)
-    study.set_user_attr(ATTRIBUTIONS_KEY, {"artifact_id": artifact_id})
-
-
-def _stored_attributions(
-    study: optuna.Study, artifact_store: FileSystemArtifactStore | None
-) -> tuple[list[go.Figure], list[str]]:
-    """The attribution figure kept with the study (if any), and notes on why it could not be read."""
-    stored = study.user_attrs.get(ATTRIBUTIONS_KEY)
-    if stored is None:
-        return [], []
-    if isinstance(stored, Mapping) and "artifact_id" in stored:
-        artifact_id = str(stored["artifact_id"])
-        if artifact_store is None:
-            return [], [
-                f"attribution maps are stored as artifact {artifact_id}; pass the artifact store "
-                "(gmsearch report --artifacts DIR) to include them"
-            ]
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / ATTRIBUTIONS_ARTIFACT
-            try:
-                download_artifact(artifact_store=artifact_store, artifact_id=artifact_id, file_path=str(path))
-                return [pio.from_json(path.read_text(encoding="utf-8"))], []
-            except (OSError, ValueError) as exc:
-                return [], [f"could not read attribution artifact {artifact_id}: {_brief(exc)}"]
-    try:
-        return [pio.from_json(stored if isinstance(stored, str) else json.dumps(stored))], []
-    except (ValueError, TypeError) as exc:
-        return [], [f"study user attr {ATTRIBUTIONS_KEY!r} is not a plotly figure: {_brief(exc)}"]
-
 
 # --- opening a study by URL and name --------------------------------------------------------------
-
-
-def _brief(exc: BaseException) -> str:
-    """The first line of an error message, short enough for a note (plotly's run to pages)."""
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = lines[0] if lines else ""
-    return f"{type(exc).__name__}: {text[:200]}"
-
-
-# --- HTML building blocks ---------------------------------------------------------------------------
-
-_CSS = """
-body { font-family: -apple-system, "Segoe UI", Roboto, "DejaVu Sans", Arial, sans-serif; margin: 0;
-       color: #1f2933; background: #f5f7fa; }
-header { background: #243b53; color: #fff; padding: 18px 32px; }
-header h1 { margin: 0 0 4px 0; font-size: 24px; }
-header p { margin: 0; color: #d9e2ec; font-size: 14px; }
-nav { padding: 8px 32px; background: #e4e7eb; font-size: 14px; }
-nav a { margin-right: 16px; color: #243b53; }
-main { max-width: 1360px; margin: 0 auto; padding: 8px 24px 40px 24px; }
-section { background: #fff; border-radius: 6px; padding: 12px 20px 16px 20px; margin: 16px 0;
-          box-shadow: 0 1px 3px rgba(0, 0, 0, 0.12); }
-h2 { font-size: 20px; margin: 6px 0 10px 0; color: #243b53; }
-h3 { font-size: 15px; margin: 12px 0 4px 0; }
-table { border-collapse: collapse; font-size: 13px; margin: 6px 0; }
-th, td { border-bottom: 1px solid #d9e2ec; padding: 4px 10px; text-align: left; vertical-align: top; }
-th { background: #f0f4f8; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.highlight td { background: #fff8e1; }
-.note { color: #52606d; font-size: 13px; font-style: italic; margin: 6px 0; }
-.caption { color: #3e4c59; font-size: 13px; margin: 2px 0 6px 0; }
-.figure { width: 100%; }
-.card { border: 1px solid #d9e2ec; border-radius: 4px; padding: 6px 8px; margin: 10px 0; }
-table.kv td:first-child { font-weight: 600; white-space: nowrap; }
-.card h3 { margin: 2px 0; }
-code { font-size: 12px; }
-details summary { cursor: pointer; color: #243b53; margin: 6px 0; }
-footer { color: #7b8794; font-size: 12px; text-align: center; padding: 12px; }
-"""
-
-
-def _esc(value: object) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: object, *, digits: int = 4) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.{digits}g}"
-    return str(value)
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}%"
-
-
-def _table(header: Sequence[str], rows: Iterable[Sequence[object]], *, numeric: Sequence[bool] = (),
-           highlight: Callable[[int], bool] | None = None) -> str:
-    """An HTML table; every cell is escaped."""
-    out = ["<table><thead><tr>", *(f"<th>{_esc(h)}</th>" for h in header), "</tr></thead><tbody>"]
-    for i, row in enumerate(rows):
-        cls = ' class="highlight"' if highlight is not None and highlight(i) else ""
-        out.append(f"<tr{cls}>")
-        for j, cell in enumerate(row):
-            num = ' class="num"' if j < len(numeric) and numeric[j] else ""
-            out.append(f"<td{num}>{_esc(cell)}</td>")
-        out.append("</tr>")
-    out.append("</tbody></table>")
-    return "".join(out)
-
-
-def _key_values(rows: Iterable[tuple[str, str]]) -> str:
-    """A two-column table without header; every cell is escaped."""
-    body = "".join(f"<tr><td>{_esc(k)}</td><td>{_esc(v)}</td></tr>" for k, v in rows)
-    return f'<table class="kv"><tbody>{body}</tbody></table>'
-
-
-def _note(text: str) -> str:
-    return f'<p class="note">{_esc(text)}</p>'
-
-
-class _Page:
-    """Sections of the report; figures share the one inline copy of plotly.js in the page head."""
-
-    def __init__(self) -> None:
-        self.sections: list[tuple[str, str, list[str]]] = []
-        self._n_figures = 0
-
-    def section(self, anchor: str, heading: str) -> list[str]:
-        parts: list[str] = []
-        self.sections.append((anchor, heading, parts))
-        return parts
-
-    def figure(self, fig: go.Figure, *, height: int = 460, top: int = 60) -> str:
-        self._n_figures += 1
-        fig.update_layout(height=height, autosize=True, margin={"l": 60, "r": 30, "t": top, "b": 50})
-        body = pio.to_html(
-            fig, full_html=False, include_plotlyjs=False, div_id=f"gms-fig-{self._n_figures}",
-            default_width="100%", default_height=f"{height}px", config={"responsive": True, "displaylogo": False},
-        )
-        return f'<div class="figure">{body}</div>'
-
-    def render(self, title: str, subtitle: str) -> str:
-        nav = "".join(f'<a href="#{_esc(a)}">{_esc(h)}</a>' for a, h, _ in self.sections)
-        body = "".join(
-            f'<section id="{_esc(a)}"><h2>{_esc(h)}</h2>{"".join(parts)}</section>' for a, h, parts in self.sections
-        )
-        stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        return (
-            '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-            '<meta name="viewport" content="width=device-width, initial-scale=1">'
-            f"<title>{_esc(title)}</title><style>{_CSS}</style>"
-            f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'
-            f"<header><h1>{_esc(title)}</h1><p>{_esc(subtitle)}</p></header><nav>{nav}</nav>"
-            f"<main>{body}</main><footer>written by gmsearch {_esc(__version__)} with Optuna "
-            f"{_esc(optuna.__version__)} on {_esc(stamp)}</footer></body></html>\n"
-        )
 
 
 # --- sections ---------------------------------------------------------------------------------------
@@ -510,82 +290,6 @@ def _strictly_between(p: tuple[float, float], a: tuple[float, float], b: tuple[f
     cross = (bx - ax) * (py - ay) - (by - ay) * (px - ax)
     dot = (px - ax) * (bx - ax) + (py - ay) * (by - ay)
     return abs(cross) < 1e-9 and 1e-9 < dot < (bx - ax) ** 2 + (by - ay) ** 2 - 1e-9
-
-
-_KIND_SYMBOLS = {"initial candidate": "square", "child: replaced a candidate": "diamond",
-                 "child: rejected": "circle", "not completed": "x"}
-
-
-def _kind(row: dict[str, Any]) -> str:
-    if row["state"] != TrialState.COMPLETE.name:
-        return "not completed"
-    if row["parent"] is None:
-        return "initial candidate"
-    return "child: replaced a candidate" if row["replaced"] is not None else "child: rejected"
-
-
-def _hover(row: dict[str, Any], names: Sequence[str]) -> str:
-    values = ", ".join(_fmt(v) for v in row["values"]) if row["values"] else "-"
-    replaced = f"<br>replaced #{row['replaced']}" if row["replaced"] is not None else ""
-    return (
-        f"trial #{row['number']} ({row['state'].lower()})<br>generation {row['generation']}, parent "
-        f"{_fmt(row['parent'])}<br>{_esc(', '.join(names))} {values}<br>clean {_pct(row['clean_acc'])}, "
-        f"adv {_pct(row['adv_acc'])}{replaced}<br>{_esc(row['architecture'] or '')}"
-    )
-
-
-def _lineage_figure(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> go.Figure:
-    """Every trial by number and generation: parent edges, replacements, final population ringed."""
-    by_number = {r["number"]: r for r in rows}
-    fig = go.Figure()
-    lines: dict[str, tuple[list[float | None], list[float | None]]] = {"parent": ([], []), "replaced": ([], [])}
-    for r in rows:
-        for key in lines:
-            source = by_number.get(r[key]) if r[key] is not None else None
-            if source is not None:
-                lines[key][0].extend([source["number"], r["number"], None])
-                lines[key][1].extend([source["generation"], r["generation"], None])
-    fig.add_trace(go.Scatter(x=lines["parent"][0], y=lines["parent"][1], mode="lines", name="parent → child",
-                             line={"color": "#9aa5b1", "width": 1}, hoverinfo="skip"))
-    if lines["replaced"][0]:
-        fig.add_trace(go.Scatter(x=lines["replaced"][0], y=lines["replaced"][1], mode="lines",
-                                 name="replaced candidate ← child", hoverinfo="skip",
-                                 line={"color": "#d64545", "width": 1.2, "dash": "dot"}))
-    scores = [r["values"][0] for r in rows if r["state"] == TrialState.COMPLETE.name and r["values"]]
-    lo, hi = (min(scores), max(scores)) if scores else (0.0, 1.0)
-    show_scale = True
-    for label, symbol in _KIND_SYMBOLS.items():
-        group = [r for r in rows if _kind(r) == label]
-        if not group:
-            continue
-        marker: dict[str, Any] = {"symbol": symbol, "size": 11, "line": {"width": 1, "color": "#334e68"}}
-        if label == "not completed":
-            marker.update(color="#9aa5b1", line={"width": 2, "color": "#9aa5b1"})
-        else:
-            marker.update(
-                color=[r["values"][0] if r["values"] else lo for r in group], colorscale="Viridis", cmin=lo, cmax=hi,
-                showscale=show_scale, colorbar={"title": {"text": names[0]}, "x": 1.02, "len": 0.8},
-            )
-            show_scale = False
-        fig.add_trace(go.Scatter(
-            x=[r["number"] for r in group], y=[r["generation"] for r in group], mode="markers", name=label,
-            marker=marker, hovertext=[_hover(r, names) for r in group], hoverinfo="text",
-        ))
-    members = [r for r in rows if r["in_population"]]
-    if members:
-        fig.add_trace(go.Scatter(
-            x=[r["number"] for r in members], y=[r["generation"] for r in members], mode="markers",
-            name="final population", hoverinfo="skip",
-            marker={"symbol": "circle-open", "size": 22, "color": "#f0b429", "line": {"width": 2.5}},
-        ))
-    fig.update_layout(
-        title="Lineage: every trial by trial number and generation",
-        xaxis={"title": {"text": "trial number"}},
-        yaxis={"title": {"text": "generation"}, "dtick": 1},
-        legend={"orientation": "h", "y": -0.18, "yanchor": "top", "x": 0},
-        plot_bgcolor="#fbfcfd",
-    )
-    return fig
 
 
 def _lineage(page: _Page, study: optuna.Study) -> None:
