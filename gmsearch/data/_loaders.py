@@ -58,7 +58,6 @@ from gmsearch.data._containers import Dataset, Split
 from gmsearch.data._subsets import per_class_subset, stratified_split
 from gmsearch.registry import Registry
 
-
 logger = logging.getLogger(__name__)
 
 #: Training images per class in the paper's reduced protocol (section 4.2).
