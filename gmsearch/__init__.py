@@ -1,4 +1,4 @@
-"""gmsearch: evolve CNN architectures with gradient misalignment toward low adversarial transferability.
+"""gmsearch evolves CNN architectures with gradient misalignment toward low adversarial transferability.
 
 Implements Operiano et al., "Evolving Architectures with Gradient
 Misalignment toward Low Adversarial Transferability" (2021) as an Optuna

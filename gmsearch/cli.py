@@ -10,6 +10,8 @@ from typing import NoReturn
 
 from gmsearch import __version__
 
+PROG = "gmsearch"
+
 
 def _positive(value: str) -> int:
     """argparse type: an integer >= 1."""
@@ -46,15 +48,20 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.device is not None:
         cfg.device = config.parse({"device": args.device}).device
 
+    import optuna
+
     from gmsearch import runner
     from gmsearch.search.study import mask_url
+
+    if not args.verbose:  # the plan, the progress bar and the summary say what Optuna's INFO lines would
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     print(f"gmsearch run {args.config}: study {cfg.study.name!r}", flush=True)
     study = runner.run(cfg, workers=args.workers, echo=lambda line: print(line, flush=True),
                        show_progress_bar=not args.no_progress)
     failed = runner.failure_summary(study)
     if failed:
-        print(f"gmsearch: error: study {study.study_name!r}: {failed}", file=sys.stderr)
+        print(f"{PROG}: error: study {study.study_name!r}: {failed}", file=sys.stderr)
         return 1
     done = [t for t in study.get_trials(deepcopy=False) if t.values]
     print(f"study {study.study_name}: {len(study.trials)} trials, {len(done)} finished")
@@ -241,8 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (Exception, KeyboardInterrupt) as exc:
         if args.debug:
             raise
-        print(f"gmsearch: error: {_message(exc)}" if not isinstance(exc, KeyboardInterrupt) and
-              _exit_code(exc) != 130 else f"gmsearch: {_message(exc)}", file=sys.stderr)
+        interrupted = _exit_code(exc) == 130  # not an error: the run stopped where asked
+        print(f"{PROG}: {_message(exc)}" if interrupted else f"{PROG}: error: {_message(exc)}", file=sys.stderr)
         return _exit_code(exc)
 
 

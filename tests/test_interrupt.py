@@ -75,7 +75,7 @@ def test_ctrl_c_stops_at_a_safe_point_and_requeues_the_child(tmp_path: Path) -> 
     assert proc.returncode == 130, err
     assert seconds < 15, f"took {seconds:.1f} s to stop"
     lines = [line for line in err.splitlines() if line.strip()]
-    assert lines[-1] == "gmsearch: interrupted; run the same command again to resume", err
+    assert lines == ["gmsearch: interrupted; run the same command again to resume"], err
     assert "Traceback" not in err and "plan:" in out
     study = optuna.load_study(study_name="ctrl-c", storage=storage)
     trials = study.get_trials(deepcopy=False)

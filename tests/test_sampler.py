@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import random
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -313,3 +314,22 @@ def test_census_counts_trials_other_workers_are_still_sampling() -> None:
     assert _census([_frozen(0), _frozen(1), failed, requeued], 5, 2, now).n_children == 1
     told = _frozen(2, TrialState.FAIL, parent=0, system={TOLD_FAIL_KEY: True})  # failed by its worker
     assert _census([_frozen(0), _frozen(1), told], 5, 2, now).n_children == 0
+
+
+def test_a_worker_with_other_mutation_operators_warns(caplog: pytest.LogCaptureFixture) -> None:
+    study = gms.create_study(study_name="ops", storage=None, sampler=sampler())
+    study.optimize(objective, n_trials=1)
+    stored = study._storage.get_study_system_attrs(study._study_id)["gmsearch:sampler"]
+    assert stored["mutations"] == sorted(gms.mutations.names()) and stored["budget"]["max_blocks"] > 0
+
+    @gms.mutations.register("noop_for_test")
+    def noop(genome: gms.Genome, rng: random.Random) -> gms.Genome:
+        return genome
+
+    try:
+        other = gms.create_study(study_name="ops", storage=study._storage, sampler=sampler())
+        with caplog.at_level("WARNING"):
+            other.optimize(objective, n_trials=1)
+        assert "other sampler settings (mutations)" in caplog.text
+    finally:
+        gms.mutations.registry.unregister("noop_for_test")

@@ -239,3 +239,7 @@ cache_dir = "{cache}"
     assert not [t for t in study.get_trials() if t.state in (TrialState.RUNNING, TrialState.WAITING)]
     assert all("gmsearch:weights" in t.user_attrs for t in done)
     assert "study tiny:" in capsys.readouterr().out
+    # the study records where its weights are: export finds them without --artifacts
+    assert cli.main(["export", "--storage", f"sqlite:///{tmp_path / 'tiny.db'}", "--best",
+                     "--out", str(tmp_path / "best")]) == 0
+    assert (tmp_path / "best" / "weights.pt").is_file()

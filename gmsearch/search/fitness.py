@@ -8,6 +8,7 @@ Plugins register with ``@gms.fitness.register("name")``.
 from __future__ import annotations
 
 import functools
+import typing
 from collections.abc import Callable
 from typing import Any
 
@@ -41,19 +42,24 @@ def weighted(clean_acc: float, adv_acc: float, weight: float = 0.5) -> float:
     return weight * clean_acc + (1.0 - weight) * adv_acc
 
 
-def _pareto(clean_acc: float, adv_acc: float) -> tuple[float, float]:
+@register("pareto")
+def pareto(clean_acc: float, adv_acc: float) -> tuple[float, float]:
     """(clean accuracy, adversarial accuracy) for two-objective studies."""
     return (clean_acc, adv_acc)
 
 
-_pareto.n_objectives = 2  # type: ignore[attr-defined]
-register("pareto")(_pareto)
-
-
 def n_objectives(fn: FitnessFn) -> int:
-    """How many values ``fn`` returns (1 unless it declares ``n_objectives``)."""
+    """How many values ``fn`` returns: its ``n_objectives`` attribute, else the length of a ``tuple[...]``
+    return annotation (``-> tuple[float, float]``: two objectives), else 1."""
     inner = fn.func if isinstance(fn, functools.partial) else fn
-    return int(getattr(inner, "n_objectives", 1))
+    if hasattr(inner, "n_objectives"):
+        return int(inner.n_objectives)
+    try:
+        returns = typing.get_type_hints(inner).get("return")
+    except (NameError, TypeError):  # an annotation that does not resolve: say nothing about it
+        return 1
+    args = typing.get_args(returns) if typing.get_origin(returns) is tuple else ()
+    return len(args) if args and Ellipsis not in args else 1
 
 
 def create(name: str, **params: Any) -> FitnessFn:
