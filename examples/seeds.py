@@ -45,6 +45,7 @@ METRICS = ("clean", "adv", "fitness")
 MARGIN = "NE+GM beats Ref+GM on fitness by more than one std"
 REVERSE = "Ref+GM beats NE+GM on fitness by more than one std"
 NO_MARGIN = "no margin beyond one std"
+ONE_SEED = "one seed: no std, no verdict"
 
 # the quickstart's own defaults, and the --quick preset (seconds per seed)
 FULL = {"image_size": 16, "generations": 3, "population_size": 4, "n_children": 2, "epochs": 8,
@@ -84,7 +85,7 @@ class Spread:
         return cls(statistics.fmean(vals), statistics.stdev(vals) if len(vals) > 1 else math.nan, vals)
 
     def text(self) -> str:
-        return f"{fmt_pct(self.mean)} +- {100 * self.std:.2f}"
+        return fmt_pct(self.mean) + ("" if math.isnan(self.std) else f" +- {100 * self.std:.2f}")
 
 
 def fmt_pct(value: float) -> str:
@@ -98,19 +99,52 @@ def protocol_tag(p: dict[str, int]) -> str:
             f"_e{p['epochs']}_ref{p['reference_epochs']}_steps{p['attack_steps']}")
 
 
-def run_seed(seed: int, folder: Path, protocol: dict[str, int], device: str | None) -> tuple[dict[str, Score], float]:
-    """One independent quickstart run: a fresh study in ``folder``; returns the three rows and its seconds."""
+def finished_rows(folder: Path, protocol: dict[str, int]) -> dict[str, Score] | None:
+    """The rows of a finished run in ``folder`` (all its trials complete, its table stored), else None."""
+    db = folder / "gmsearch_quickstart.db"
+    if not db.exists():
+        return None
+    import optuna
+    from optuna.trial import TrialState
+
+    from gmsearch.report._html import load_baseline
+    from gmsearch.search.sampler import n_trials_for
+
+    try:
+        study = optuna.load_study(study_name="quickstart", storage=f"sqlite:///{db.resolve()}")
+    except KeyError:
+        return None
+    complete = sum(t.state == TrialState.COMPLETE for t in study.get_trials(deepcopy=False))
+    stored = load_baseline(study)
+    if stored is None or complete != n_trials_for(
+        protocol["generations"], protocol["population_size"], protocol["n_children"]
+    ):
+        return None
+    rows = {r.name: Score(r.clean_acc, r.adv_acc, r.fooling_rate, r.detail) for r in stored[1]}
+    return {n: rows[n] for n in NETWORKS} if all(n in rows for n in NETWORKS) else None
+
+
+def run_seed(
+    seed: int, folder: Path, protocol: dict[str, int], device: str | None, *, reuse: bool = False
+) -> tuple[dict[str, Score], float]:
+    """One independent quickstart run: a fresh study in ``folder``; returns the three rows and its seconds.
+
+    With ``reuse``, a run already finished in ``folder`` under the same protocol is read back instead.
+    """
+    if reuse and (rows := finished_rows(folder, protocol)) is not None:
+        print(f"reusing the finished run in {folder}")
+        return rows, 0.0
     from gmsearch.quickstart import run_quickstart
 
     folder.mkdir(parents=True, exist_ok=True)
     (folder / "gmsearch_quickstart.db").unlink(missing_ok=True)  # never resume: each seed is one fresh run
     shutil.rmtree(folder / "gmsearch_artifacts", ignore_errors=True)
     result = run_quickstart(workdir=folder, seed=seed, device=device, show_progress_bar=False, **protocol)
-    rows = {r.name: Score(r.clean_acc, r.adv_acc, r.fooling_rate, r.detail) for r in result.rows}
-    missing = [n for n in NETWORKS if n not in rows]
+    found = {r.name: Score(r.clean_acc, r.adv_acc, r.fooling_rate, r.detail) for r in result.rows}
+    missing = [n for n in NETWORKS if n not in found]
     if missing:
-        raise RuntimeError(f"seed {seed}: the quickstart table lacks {missing} (rows: {list(rows)})")
-    return {n: rows[n] for n in NETWORKS}, result.seconds
+        raise RuntimeError(f"seed {seed}: the quickstart table lacks {missing} (rows: {list(found)})")
+    return {n: found[n] for n in NETWORKS}, result.seconds
 
 
 def summarize(per_seed: dict[int, dict[str, Score]]) -> dict[str, Any]:
@@ -124,7 +158,9 @@ def summarize(per_seed: dict[int, dict[str, Score]]) -> dict[str, Any]:
         for m in METRICS
     }
     fit = diff["fitness"]
-    if fit.mean > fit.std:
+    if len(seeds) < 2:
+        verdict = ONE_SEED
+    elif fit.mean > fit.std:
         verdict = MARGIN
     elif -fit.mean > fit.std:
         verdict = REVERSE
@@ -149,20 +185,21 @@ def report(per_seed: dict[int, dict[str, Score]], stats: dict[str, Any], title: 
     diff_rows = [[f"seed {s}", *(fmt_pct(diff[m].values[i]) for m in METRICS)] for i, s in enumerate(seeds)]
     diff_rows.append(["mean +- std", *(diff[m].text() for m in METRICS)])
     fit = diff["fitness"]
+    spread = "" if math.isnan(fit.std) else f" +- {fit.std * 100:.2f}"
     return "\n\n".join([
         text_table(header, mean_rows, title=f"{title}\nmean +- sample std (percentage points) over seeds {seeds}"),
         text_table(["seed", "network", "clean acc", "adv acc", "fitness", "fooling", "detail"], seed_rows,
                    left=(0, 1, 6), title="per seed"),
         text_table(["NE+GM - Ref+GM", "clean acc", "adv acc", "fitness"], diff_rows,
                    title="paired difference NE+GM minus Ref+GM"),
-        f"verdict: {stats['verdict']} (fitness difference {fit.mean * 100:+.2f} +- {fit.std * 100:.2f} points, "
+        f"verdict: {stats['verdict']} (fitness difference {fit.mean * 100:+.2f}{spread} points, "
         f"{len(seeds)} seeds)",
     ])
 
 
 def to_json(per_seed: dict[int, dict[str, Score]], stats: dict[str, Any], **extra: Any) -> dict[str, Any]:
     def spread(s: Spread) -> dict[str, Any]:
-        return {"mean": s.mean, "std": s.std, "values": list(s.values)}
+        return {"mean": s.mean, "std": None if math.isnan(s.std) else s.std, "values": list(s.values)}
 
     return {
         **extra,
@@ -178,7 +215,7 @@ def to_json(per_seed: dict[int, dict[str, Score]], stats: dict[str, Any], **extr
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="at least two (default: 0 1 2)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="default: 0 1 2 (a std needs two)")
     parser.add_argument("--generations", type=int, help="generations per seed (quickstart: 3)")
     parser.add_argument("--epochs", type=int, help="epochs per child and for Ref+GM (quickstart: 8)")
     parser.add_argument("--population", type=int, help="population size (quickstart: 4)")
@@ -190,9 +227,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="cpu, cuda, ... (default: auto)")
     parser.add_argument("--threads", type=int, help="torch intra-op threads (tiny nets: 1 is fastest)")
     parser.add_argument("--json", type=Path, help="write the numbers to this JSON file")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back seeds whose run already finished in the workdir (same protocol) instead of "
+                             "rerunning them, e.g. seeds run in parallel by separate invocations")
     args = parser.parse_args(argv)
-    if len(set(args.seeds)) < 2 or len(set(args.seeds)) != len(args.seeds):
-        parser.error("--seeds needs at least two distinct seeds (a std over one run says nothing)")
+    if len(set(args.seeds)) != len(args.seeds):
+        parser.error("--seeds must be distinct: each seed is one independent run")
     quick = args.quick or os.environ.get("GMSEARCH_QUICK", "") not in ("", "0")
     protocol = dict(QUICK if quick else FULL)
     for key, value in (("generations", args.generations), ("epochs", args.epochs),
@@ -211,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds: dict[int, float] = {}
     for seed in args.seeds:
         print(f"=== seed {seed} ({root / f'seed{seed}'}) ===", flush=True)
-        per_seed[seed], seconds[seed] = run_seed(seed, root / f"seed{seed}", protocol, args.device)
+        per_seed[seed], seconds[seed] = run_seed(
+            seed, root / f"seed{seed}", protocol, args.device, reuse=args.reuse
+        )
     stats = summarize(per_seed)
     title = (
         f"quickstart protocol over {len(args.seeds)} seeds: digits {protocol['image_size']}x{protocol['image_size']}, "

@@ -90,8 +90,17 @@ def test_seeds_quick_prints_mean_std_per_seed_and_verdict(
     )
     assert data["verdict"] == expected
 
+    # --reuse reads the finished runs back (no training) and prints the same tables
+    again = tmp_path / "again.json"
+    argv = ["--quick", "--seeds", "0", "1", "--workdir", str(tmp_path / "runs"), "--json", str(again), "--reuse"]
+    assert main(argv) == 0
+    out2 = capsys.readouterr().out
+    assert out2.count("reusing the finished run") == 2 and "[4/5] evolving" not in out2
+    reread = json.loads(again.read_text())
+    assert reread["per_seed"] == data["per_seed"] and reread["verdict"] == data["verdict"]
 
-def test_seeds_needs_two_seeds(tmp_path: Path) -> None:
+
+def test_seeds_must_be_distinct(tmp_path: Path) -> None:
     main = runpy.run_path(str(REPO / "examples" / "seeds.py"))["main"]
     with pytest.raises(SystemExit):
-        main(["--quick", "--seeds", "0", "--workdir", str(tmp_path)])
+        main(["--quick", "--seeds", "0", "0", "--workdir", str(tmp_path)])
