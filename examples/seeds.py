@@ -17,11 +17,15 @@ once per seed, each in its own fresh folder ``<workdir>/<protocol>/seed<s>``
 
 A rerun starts each seed's study afresh (its SQLite study and trial artifacts
 are deleted; the content-hashed caches of the reference and adversarial sets
-are reused).
+are reused). ``--reuse`` instead reads back seeds whose run already finished
+in the same folder, so seeds can run side by side and be summarised after::
+
+    python examples/seeds.py --seeds 1 &  python examples/seeds.py --seeds 2 &  python examples/seeds.py --seeds 0
+    python examples/seeds.py --seeds 0 1 2 --reuse --json seeds.json
 
 Run::
 
-    python examples/seeds.py --seeds 0 1 2                  # quickstart scale, ~5-10 min a seed on a CPU
+    python examples/seeds.py --seeds 0 1 2                  # quickstart scale, ~5-15 min a seed on a CPU
     python examples/seeds.py --seeds 0 1 2 --generations 6  # a longer search
     python examples/seeds.py --quick --seeds 0 1            # smoke run (also GMSEARCH_QUICK=1)
 """
