@@ -20,7 +20,7 @@ are deleted; the content-hashed caches of the reference and adversarial sets
 are reused). ``--reuse`` instead reads back seeds whose run already finished
 in the same folder, so seeds can run side by side and be summarised after::
 
-    python examples/seeds.py --seeds 1 &  python examples/seeds.py --seeds 2 &  python examples/seeds.py --seeds 0
+    python examples/seeds.py --seeds 1 & python examples/seeds.py --seeds 2 & python examples/seeds.py --seeds 0; wait
     python examples/seeds.py --seeds 0 1 2 --reuse --json seeds.json
 
 Run::
