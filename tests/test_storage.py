@@ -131,7 +131,7 @@ def test_workers_sharing_sqlite_are_warned(monkeypatch: pytest.MonkeyPatch, capl
     def build(*args: object, **kwargs: object) -> None:
         raise Stop  # the warning comes before any work
 
-    monkeypatch.setattr(runner, "build", build)
+    monkeypatch.setattr(runner.pipeline, "assemble", build)
     cfg = config.parse({"workers": 3, "study": {"storage": "sqlite:///shared.db"}})
     with caplog.at_level(logging.WARNING, logger="gmsearch.runner"), pytest.raises(Stop):
         runner.run(cfg)
