@@ -27,12 +27,13 @@ def _positive(value: str) -> int:
 def _cmd_quickstart(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from gmsearch import interrupt
     from gmsearch.errors import UsageError
-    from gmsearch.quickstart import run_quickstart
 
-    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():
+    if Path(args.workdir).exists() and not Path(args.workdir).is_dir():  # before torch is imported
         raise UsageError(f"--workdir {args.workdir!r} is a file; give a folder (it is created if missing)")
+
+    from gmsearch import interrupt
+    from gmsearch.quickstart import run_quickstart
     with interrupt.stop_on_sigint():
         run_quickstart(
             workdir=args.workdir, generations=args.generations, epochs=args.epochs, seed=args.seed,
