@@ -84,18 +84,21 @@ QUICK = Size(population=3, children=2, generations=2, epochs=3, image_size=8, re
              attack_steps=5)
 
 
-def _objective(size: Size, cache: Path, seed: int) -> GMObjective:
+def _objective(
+    size: Size, cache: Path, seed: int, *, inherit: bool = False, artifacts: Path | None = None
+) -> GMObjective:
     data = datasets.load("digits", seed=0, device="cpu", image_size=size.image_size)
     ref = references.get("hand_a", data, epochs=size.reference_epochs, seed=0, device="cpu", cache_dir=cache)
     return GMObjective(
         data, reference=ref, attack="pgd_linf", attack_params={**ATTACK, "steps": size.attack_steps},
-        lam=1.0, epochs=size.epochs, device="cpu", cache_dir=cache, seed=seed,
+        lam=1.0, epochs=size.epochs, device="cpu", cache_dir=cache, seed=seed, inherit=inherit,
+        artifact_store=artifacts if artifacts is not None else "auto",
     )
 
 
 def run_search(size: Size, *, way: str, seed: int, workdir: Path, warmup: int, margin: float) -> dict[str, Any]:
     """One search; returns its cost, final population and (for ``paper``) the shadow report."""
-    objective = _objective(size, workdir / "cache", seed)
+    objective = _objective(size, workdir / "cache", seed, inherit=way == "inherit", artifacts=workdir / "artifacts")
     sampler = NicheEvolutionSampler(
         population_size=size.population, n_children=size.children, min_distance=4.0,
         mutations_per_child=(4, 5), generations=size.generations, seed=seed,
@@ -103,7 +106,7 @@ def run_search(size: Size, *, way: str, seed: int, workdir: Path, warmup: int, m
         budget=mutations.SizeBudget(max_blocks=12, max_params=200_000, in_channels=1, num_classes=10,
                                     image_size=size.image_size),
     )
-    pruner = NichePruner(warmup=warmup, margin=margin, shadow=(way == "paper"))
+    pruner = NichePruner(warmup=warmup, margin=margin, shadow=(way == "paper"))  # "inherit": niche + inheritance
     name = f"{way}-seed{seed}-{time.time_ns()}"
     study = create_study(study_name=name, storage=f"sqlite:///{workdir / 'search_cost.db'}",
                          sampler=sampler, pruner=pruner, heartbeat_interval=None)
@@ -154,15 +157,17 @@ def summarise(results: list[dict[str, Any]]) -> list[str]:
             f"missed replacements {missed}/{stopped} stopped ({missed / max(stopped, 1):.1%}; goal < 5%), "
             f"{missed}/{reps} of all replacements"
         )
-    if "paper" in by_way and "niche" in by_way:
+    for way in ("niche", "inherit"):
+        if "paper" not in by_way or way not in by_way:
+            continue
         p = statistics.fmean(r["child_epochs"] for r in by_way["paper"])
-        n = statistics.fmean(r["child_epochs"] for r in by_way["niche"])
+        n = statistics.fmean(r["child_epochs"] for r in by_way[way])
         pb = [r["best"] for r in by_way["paper"]]
-        nb = [r["best"] for r in by_way["niche"]]
+        nb = [r["best"] for r in by_way[way]]
         sd = statistics.stdev(pb) if len(pb) > 1 else 0.0
         diff = statistics.fmean(nb) - statistics.fmean(pb)
-        lines.append(f"child-epochs saved by niche: {1 - n / p:.1%} (goal >= 50%)")
-        lines.append(f"best fitness niche - paper: {diff:+.3f} (goal: within one paper std, {sd:.3f})")
+        lines.append(f"child-epochs saved by {way}: {1 - n / p:.1%} (goal >= 50%)")
+        lines.append(f"best fitness {way} - paper: {diff:+.3f} (goal: within one paper std, {sd:.3f})")
     return lines
 
 
@@ -228,7 +233,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a small search (~1-2 minutes on CPU)")
     parser.add_argument("--seeds", type=int, default=None, help="number of seeds (default 3; quick: 1)")
     parser.add_argument("--first-seed", type=int, default=0, help="seeds are first-seed, first-seed + 1, ...")
-    parser.add_argument("--ways", default="paper,niche", help="paper, niche or both")
+    parser.add_argument("--ways", default="paper,niche,inherit",
+                        help="comma-separated: paper, niche, inherit (niche + weight inheritance)")
     parser.add_argument("--population", type=int)
     parser.add_argument("--children", type=int)
     parser.add_argument("--generations", type=int)
@@ -257,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = args.seeds if args.seeds is not None else (1 if args.quick else 3)
     ways = [w.strip() for w in args.ways.split(",") if w.strip()]
     for w in ways:
-        if w not in ("paper", "niche"):
-            raise SystemExit(f"--ways: unknown way {w!r}; allowed: paper, niche")
+        if w not in ("paper", "niche", "inherit"):
+            raise SystemExit(f"--ways: unknown way {w!r}; allowed: paper, niche, inherit (niche + weight inheritance)")
     torch.set_num_threads(args.threads)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     logging.getLogger("gmsearch").setLevel(logging.WARNING)

@@ -44,6 +44,8 @@ Example ``study.toml``::
     max_params = 0             # parameter budget (0: none)
     pruner = "nop"             # nop (paper: every child trains all epochs), niche, median, hyperband
     pruner_params = {}         # e.g. { warmup = 1, margin = 0.08 } for niche
+    inherit = false            # children start from the parent's weights (not the paper's)
+    inherit_epochs = 0.5       # ... and train this share of their epochs
 
     [study]
     name = "gmsearch"
@@ -120,6 +122,8 @@ class SearchConfig:
     mutations: list[str] = field(default_factory=list)
     pruner: str = "nop"
     pruner_params: dict[str, Any] = field(default_factory=dict)
+    inherit: bool = False
+    inherit_epochs: float = 0.5
 
 
 @dataclass

@@ -343,7 +343,57 @@ def test_search_cost_benchmark_runs_both_ways_and_prints_the_table(
             "--workdir", str(tmp_path), "--curves", str(tmp_path / "curves.json")]
     assert search_cost.main(argv) == 0
     out = capsys.readouterr().out
-    for way in ("paper", "niche"):
+    for way in ("paper", "niche", "inherit"):
         assert f"{way} seed 0:" in out and f"{way} seed 1:" in out
+    assert "child-epochs saved by inherit" in out
     assert "child-epochs" in out and "+-" in out
     assert search_cost.main(["--sweep", str(tmp_path / "curves.json")]) == 0
+
+
+def test_inheritance_copies_exactly_the_unchanged_blocks() -> None:
+    import random
+
+    from gmsearch.nets.builder import block_signatures, inherit_weights
+
+    parent_genome = gms.zoo.genome("hand_a")
+    parent = gms.build(parent_genome, in_channels=1, num_classes=10, image_size=16)
+    for p in parent.parameters():  # "trained": far from any fresh initialisation
+        p.data.fill_(0.125)
+    checked = 0
+    for k in range(12):
+        child_genome = gms.mutations.aggressive_mutation(parent_genome, random.Random(k), k=(1, 2))
+        child = gms.build(child_genome, in_channels=1, num_classes=10, image_size=16)
+        fresh = {key: v.clone() for key, v in child.state_dict().items()}
+        copied = inherit_weights(child, parent, parent_genome)
+        theirs = {sig: i for i, sig in reversed(list(enumerate(block_signatures(parent_genome))))}
+        unchanged = [i for i, sig in enumerate(block_signatures(child_genome)) if sig in theirs]
+        state = child.state_dict()
+        for key, value in state.items():
+            if key.startswith("body."):
+                i = int(key.split(".")[1])
+                source = parent.state_dict()[f"body.{theirs[block_signatures(child_genome)[i]]}." +
+                                             key.split(".", 2)[2]] if i in unchanged else None
+                if source is not None and source.shape == value.shape:
+                    assert torch.equal(value, source), key  # copied exactly
+                    assert i in copied
+                else:
+                    assert torch.equal(value, fresh[key]), key  # left as initialised
+        checked += len(unchanged)
+    assert checked > 0, "some mutations leave blocks unchanged"
+
+
+def test_an_inheriting_child_starts_from_its_parent_and_trains_fewer_epochs(tmp_path: Path) -> None:
+    data = gms.datasets.load("digits", seed=0, image_size=8)
+    ref = gms.references.get("hand_a", data, epochs=1, cache_dir=tmp_path / "cache")
+    objective = gms.GMObjective(data, reference=ref, attack_params={"eps": 0.2, "alpha": 0.05, "steps": 2},
+                                epochs=2, cache_dir=tmp_path / "cache", artifact_store=tmp_path / "art",
+                                inherit=True, inherit_epochs=0.5)
+    study = gms.create_study(study_name="inherit", storage=None, sampler=gms.NicheEvolutionSampler(
+        population_size=2, n_children=2, seed=0, mutations_per_child=1))
+    study.optimize(objective, n_trials=6)
+    children = [t for t in study.trials if t.user_attrs.get(PARENT_KEY) is not None and t.values]
+    inherited = [t for t in children if t.user_attrs.get("gmsearch:inherited")]
+    assert inherited, "with one mutation per child some blocks are unchanged"
+    assert all(t.user_attrs["epochs"] == 1 for t in inherited)
+    with pytest.raises(ValueError, match="inherit_epochs"):
+        gms.GMObjective(data, reference=ref, inherit=True, inherit_epochs=0.0, cache_dir=tmp_path / "cache")

@@ -350,3 +350,55 @@ def estimate_flops(
             total += c_in * c_out * block.kernel_size**2 * h * w
     total += sum(fan_in * fan_out for fan_in, fan_out in plan.fc_sizes)
     return total
+
+
+def block_signatures(genome: Genome) -> list[str]:
+    """One signature per body block: its kind, settings and (recursively) its inputs' signatures.
+
+    Two blocks with the same signature compute the same function of the image
+    up to their weights (same layer, same position in the graph), so a child
+    block whose signature its parent has was left unchanged by the mutation.
+    """
+    signatures: list[str] = []
+    for block in genome.blocks:
+        inputs = ",".join("image" if i < 0 else signatures[i] for i in block.inputs)
+        settings = (block.kind, block.out_channels, block.kernel_size, block.pool_type, block.units)
+        signatures.append(f"{settings}({inputs})")
+    return signatures
+
+
+def inherit_weights(net: GenomeNet, parent: GenomeNet | dict[str, torch.Tensor], parent_genome: Genome) -> list[int]:
+    """Copy into ``net`` the weights of every body block its parent had unchanged (same signature and shapes).
+
+    The head is copied too when both nets end in the same block. Every other
+    block keeps its fresh initialisation. Returns the child's copied block indices.
+
+    Args:
+        net: The child, freshly built.
+        parent: The parent's trained network or its ``state_dict``.
+        parent_genome: The parent's genome.
+    """
+    state = parent.state_dict() if isinstance(parent, nn.Module) else parent
+    theirs = {sig: i for i, sig in reversed(list(enumerate(block_signatures(parent_genome))))}  # first wins
+    mine = block_signatures(net.genome)
+    prefixes: dict[str, str] = {}
+    for i, sig in enumerate(mine):
+        if sig in theirs:
+            prefixes[f"body.{i}."] = f"body.{theirs[sig]}."
+    if mine[net.genome.output_index] == block_signatures(parent_genome)[parent_genome.output_index] \
+            and net.genome.head == parent_genome.head:
+        prefixes["head."] = "head."
+    own = net.state_dict()
+    copied: set[int] = set()
+    updated: dict[str, torch.Tensor] = {}
+    for key, value in own.items():
+        prefix = next((p for p in prefixes if key.startswith(p)), None)
+        if prefix is None:
+            continue
+        source = prefixes[prefix] + key[len(prefix):]
+        if source in state and state[source].shape == value.shape:
+            updated[key] = state[source].detach().clone()
+            if prefix.startswith("body."):
+                copied.add(int(prefix.split(".")[1]))
+    net.load_state_dict({**own, **updated})
+    return sorted(copied)

@@ -30,11 +30,20 @@ from gmsearch.attacks import AdversarialSet, adversarial_set
 from gmsearch.data._loaders import Dataset
 from gmsearch.errors import Interrupted
 from gmsearch.evaluation import accuracy
-from gmsearch.nets.builder import build, count_params
+from gmsearch.nets.builder import GenomeNet, build, count_params, inherit_weights
 from gmsearch.nets.genome import Genome
 from gmsearch.search import fitness as fitness_plugins
 from gmsearch.search import schema
-from gmsearch.search.schema import EPOCHS_KEY, FAIL_REASON_KEY, INTERRUPTED, genome_of, trial_seed
+from gmsearch.search.schema import (
+    EPOCHS_KEY,
+    FAIL_REASON_KEY,
+    INHERITED_KEY,
+    INTERRUPTED,
+    PARENT_KEY,
+    WEIGHTS_KEY,
+    genome_of,
+    trial_seed,
+)
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -69,6 +78,11 @@ class GMObjective:
             Optuna artifact store, a folder, ``"auto"`` (default: the folder the
             study records, else ``gmsearch_artifacts`` beside its SQLite file,
             recorded on the study) or None (not saved).
+        inherit: A child starts from its parent's trained weights for every block
+            the mutation left unchanged (:func:`~gmsearch.nets.builder.inherit_weights`)
+            and trains ``inherit_epochs`` of its scheduled epochs. A departure from
+            the paper (children train from scratch): off by default.
+        inherit_epochs: Share of the scheduled epochs an inheriting child trains.
     """
 
     def __init__(
@@ -89,6 +103,8 @@ class GMObjective:
         cache_dir: str | Path | None = None,
         seed: int = 0,
         artifact_store: FileSystemArtifactStore | str | Path | None = "auto",
+        inherit: bool = False,
+        inherit_epochs: float = 0.5,
     ) -> None:
         self.device = resolve_device(device)
         self.data = data.to(self.device)
@@ -104,6 +120,9 @@ class GMObjective:
         self.lr = lr
         self.seed = seed
         self.cache_dir = Path(cache_dir) if cache_dir is not None else cache.default_cache_dir()
+        if not 0.0 < inherit_epochs <= 1.0:
+            raise ValueError(f"inherit_epochs must be in (0, 1], got {inherit_epochs}")
+        self.inherit, self.inherit_epochs = inherit, inherit_epochs
         self._artifact_dir: Path | None = None  # recorded on the study at the first trial
         self._auto_store = artifact_store == "auto"
         if isinstance(artifact_store, str | Path) and not self._auto_store:
@@ -157,6 +176,8 @@ class GMObjective:
         try:
             net = self.build(genome).to(self.device)
             trial.set_user_attr("params", count_params(net))
+            if self.inherit and self._inherit(trial, net, store):
+                epochs = max(1, round(epochs * self.inherit_epochs))
             start = time.perf_counter()
             train(
                 net, self.data, reference=self.reference, lam=self.lam, epochs=epochs,
@@ -190,6 +211,19 @@ class GMObjective:
             gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
+
+    def _inherit(self, trial: optuna.Trial, net: nn.Module, store: FileSystemArtifactStore | None) -> bool:
+        """Copy the parent's unchanged blocks into ``net``; whether any block was copied."""
+        parent_number = trial.user_attrs.get(PARENT_KEY)
+        if parent_number is None or store is None or not isinstance(net, GenomeNet):
+            return False
+        parent = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == parent_number), None)
+        if parent is None or WEIGHTS_KEY not in parent.user_attrs:
+            return False
+        payload = schema.load_weights(schema.trial_weights_id(parent), [store])
+        copied = inherit_weights(net, payload["state_dict"], Genome.from_json(payload["genome"]))
+        trial.set_user_attr(INHERITED_KEY, copied)
+        return bool(copied)
 
     def _save_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> None:
         assert self.artifact_store is not None

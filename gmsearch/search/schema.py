@@ -64,6 +64,7 @@ FAIL_REASON_KEY = "gmsearch:fail_reason"
 RIVAL_KEY = "gmsearch:rival"  # the candidate a child was compared with by the niche pruner
 WOULD_PRUNE_KEY = "gmsearch:would_prune"  # first epoch the niche pruner stopped (shadow: would stop) it
 PRUNE_SHADOW_KEY = "gmsearch:prune_shadow"  # whether that decision was only recorded (shadow mode)
+INHERITED_KEY = "gmsearch:inherited"  # the child's blocks that started from its parent's weights
 #: The fail reason of a child stopped by Ctrl-C (re-queued with its genome and parent).
 INTERRUPTED = "interrupted"
 CLEAN_ACC = "clean_acc"
