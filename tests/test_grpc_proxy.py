@@ -31,6 +31,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _worker_helpers import work_until_finished
 from optuna.storages import InMemoryStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -184,18 +185,7 @@ def _open(url: str, name: str) -> optuna.Study:
 
 
 def _work(url: str, name: str, seconds: float, child_seconds: float | None = None) -> None:
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = _open(url, name)
-
-    def objective(trial: optuna.Trial) -> float:
-        genome = gms.genome_of(trial)  # prunes a surplus trial at once
-        trial.set_user_attr("pid", os.getpid())
-        is_child = trial.user_attrs[PARENT_KEY] is not None
-        time.sleep(child_seconds if is_child and child_seconds is not None else seconds)
-        n_conv, n_pool, n_sconv, n_sum, _ = genome.spectrum()
-        return -abs(n_conv - 6) - 0.5 * abs(n_sum - 2) + 0.25 * n_pool - 0.1 * n_sconv
-
-    assert runner.optimize_until_finished(study, objective)
+    work_until_finished(_open(url, name), seconds, child_seconds)
 
 
 def _in_child(target: Callable[..., object], *args: object) -> mp.process.BaseProcess:

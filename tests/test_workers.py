@@ -24,10 +24,10 @@ from pathlib import Path
 
 import optuna
 import pytest
+from _worker_helpers import work_until_finished
 from optuna.trial import FrozenTrial, TrialState
 
 import gmsearch as gms
-from gmsearch import runner
 from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,11 +44,6 @@ def _sampler() -> gms.NicheEvolutionSampler:
     return gms.NicheEvolutionSampler(population_size=S, n_children=N, min_distance=D, generations=G, seed=3)
 
 
-def _fitness(genome: gms.Genome) -> float:
-    n_conv, n_pool, n_sconv, n_sum, n_concat = genome.spectrum()
-    return -abs(n_conv - 6) - 0.5 * abs(n_sum - 2) + 0.25 * n_pool - 0.1 * n_sconv + 0.05 * n_concat
-
-
 def _open(url: str, name: str) -> optuna.Study:
     return gms.create_study(
         study_name=name, storage=url, sampler=_sampler(), heartbeat_interval=HEARTBEAT, grace_period=GRACE
@@ -56,18 +51,7 @@ def _open(url: str, name: str) -> optuna.Study:
 
 
 def _work(url: str, name: str, seconds: float, child_seconds: float | None = None) -> None:
-    """One worker: optimise until the sampler stops the study (all generations finished)."""
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    study = _open(url, name)
-
-    def objective(trial: optuna.Trial) -> float:
-        genome = gms.genome_of(trial)  # prunes a surplus trial at once
-        trial.set_user_attr("pid", os.getpid())
-        is_child = trial.user_attrs[PARENT_KEY] is not None
-        time.sleep(child_seconds if is_child and child_seconds is not None else seconds)
-        return _fitness(genome)
-
-    assert runner.optimize_until_finished(study, objective)  # as `gmsearch run` workers do
+    work_until_finished(_open(url, name), seconds, child_seconds)
 
 
 def _in_child(target: object, *args: object) -> mp.process.BaseProcess:

@@ -1,0 +1,32 @@
+"""What the multi-worker tests share: a cheap spectrum fitness and one worker's loop."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import optuna
+
+import gmsearch as gms
+from gmsearch import runner
+from gmsearch.search.schema import PARENT_KEY
+
+
+def spectrum_fitness(genome: gms.Genome) -> float:
+    """A fitness that depends on the architecture only (no training), so niches compete."""
+    n_conv, n_pool, n_sconv, n_sum, n_concat = genome.spectrum()
+    return -abs(n_conv - 6) - 0.5 * abs(n_sum - 2) + 0.25 * n_pool - 0.1 * n_sconv + 0.05 * n_concat
+
+
+def work_until_finished(study: optuna.Study, seconds: float, child_seconds: float | None = None) -> None:
+    """One worker: optimise until the sampler stops the study (all generations finished), as `gmsearch run` does."""
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def objective(trial: optuna.Trial) -> float:
+        genome = gms.genome_of(trial)  # prunes a surplus trial at once
+        trial.set_user_attr("pid", os.getpid())
+        is_child = trial.user_attrs[PARENT_KEY] is not None
+        time.sleep(child_seconds if is_child and child_seconds is not None else seconds)
+        return spectrum_fitness(genome)
+
+    assert runner.optimize_until_finished(study, objective)
