@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import multiprocessing as mp
 import os
 import time
+from collections.abc import Callable
 
 import optuna
 
@@ -30,3 +33,22 @@ def work_until_finished(study: optuna.Study, seconds: float, child_seconds: floa
         return spectrum_fitness(genome)
 
     assert runner.optimize_until_finished(study, objective)
+
+
+def in_child(target: Callable[..., object], *args: object) -> mp.process.BaseProcess:
+    """Start ``target(*args)`` in a forked process (the parent holds no connection across the fork)."""
+    gc.collect()  # no half-dead connection objects for the child to finalise
+    process = mp.get_context("fork").Process(target=target, args=args)  # type: ignore[attr-defined]
+    process.start()
+    return process
+
+
+def join_all(workers: list[mp.process.BaseProcess], timeout: float) -> None:
+    """Wait for every worker up to ``timeout`` seconds in all; kill the ones still alive (none outlives a test)."""
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(max(deadline - time.monotonic(), 0.1))
+    for w in workers:
+        if w.is_alive():
+            w.kill()
+            w.join()

@@ -31,7 +31,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _worker_helpers import work_until_finished
+from _worker_helpers import in_child, join_all, work_until_finished
 from optuna.storages import InMemoryStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -174,6 +174,9 @@ PLANNED = gms.n_trials_for(G, S, N)  # 20
 HEARTBEAT, GRACE = 1, 5  # seconds; a loaded 2-core CI box delays writes by seconds
 
 
+TIMEOUT = 120  # seconds all workers of a test may take together
+
+
 def _sampler() -> gms.NicheEvolutionSampler:
     return gms.NicheEvolutionSampler(population_size=S, n_children=N, min_distance=3.0, generations=G, seed=5)
 
@@ -186,13 +189,6 @@ def _open(url: str, name: str) -> optuna.Study:
 
 def _work(url: str, name: str, seconds: float, child_seconds: float | None = None) -> None:
     work_until_finished(_open(url, name), seconds, child_seconds)
-
-
-def _in_child(target: Callable[..., object], *args: object) -> mp.process.BaseProcess:
-    gc.collect()  # no half-dead connection objects for the child to finalise
-    process = mp.get_context("fork").Process(target=target, args=args)  # type: ignore[attr-defined]
-    process.start()
-    return process
 
 
 def _free_port() -> int:
@@ -239,25 +235,15 @@ def _wait_for(study: optuna.Study, found: Callable[[FrozenTrial], bool], what: s
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def _join(workers: list[mp.process.BaseProcess], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        w.join(max(deadline - time.monotonic(), 0.1))
-    for w in workers:
-        if w.is_alive():  # a hung worker must not outlive the test
-            w.kill()
-            w.join()
-
-
 def test_eight_workers_through_the_proxy_one_killed_mid_trial(proxy: str) -> None:
     assert POSTGRES_URL is not None
     name = f"grpc-{uuid.uuid4().hex[:8]}"
-    creator = _in_child(_open, proxy, name)  # also waits for the server to answer
+    creator = in_child(_open, proxy, name)  # also waits for the server to answer
     creator.join(90)
     assert creator.exitcode == 0
     # worker 0 (the victim) runs initial candidates at once, then trains its first child "forever"
-    victim = _in_child(_work, proxy, name, 0.05, 60.0)
-    others = [_in_child(_work, proxy, name, 0.3) for _ in range(7)]
+    victim = in_child(_work, proxy, name, 0.05, 60.0)
+    others = [in_child(_work, proxy, name, 0.3) for _ in range(7)]
     # this process watches in PostgreSQL directly (no gRPC channel here: later tests fork)
     watcher = optuna.load_study(study_name=name, storage=make_storage(POSTGRES_URL, heartbeat_interval=None))
     try:
@@ -268,7 +254,7 @@ def test_eight_workers_through_the_proxy_one_killed_mid_trial(proxy: str) -> Non
         _wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
                   "a trial of the other workers")
         os.kill(victim.pid, signal.SIGKILL)  # mid-trial, while the others are busy
-        _join([victim, *others])
+        join_all([victim, *others], TIMEOUT)
         assert victim.exitcode == -signal.SIGKILL
         assert [w.exitcode for w in others] == [0] * 7
 

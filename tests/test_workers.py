@@ -11,7 +11,6 @@ is set (``.ci/run`` sets it).
 
 from __future__ import annotations
 
-import gc
 import multiprocessing as mp
 import os
 import shutil
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from _worker_helpers import work_until_finished
+from _worker_helpers import in_child, join_all, work_until_finished
 from optuna.trial import FrozenTrial, TrialState
 
 import gmsearch as gms
@@ -40,6 +39,9 @@ HEARTBEAT, GRACE = 1, 5  # seconds; a loaded 2-core CI box delays SQLite heartbe
 POSTGRES_URL = os.environ.get("GMSEARCH_TEST_POSTGRES_URL")
 
 
+TIMEOUT = 90  # seconds all workers of a test may take together
+
+
 def _sampler() -> gms.NicheEvolutionSampler:
     return gms.NicheEvolutionSampler(population_size=S, n_children=N, min_distance=D, generations=G, seed=3)
 
@@ -52,13 +54,6 @@ def _open(url: str, name: str) -> optuna.Study:
 
 def _work(url: str, name: str, seconds: float, child_seconds: float | None = None) -> None:
     work_until_finished(_open(url, name), seconds, child_seconds)
-
-
-def _in_child(target: object, *args: object) -> mp.process.BaseProcess:
-    gc.collect()  # no half-dead connection objects for the child to finalise
-    process = mp.get_context("fork").Process(target=target, args=args)  # type: ignore[attr-defined]
-    process.start()
-    return process
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -76,24 +71,14 @@ def url(request: pytest.FixtureRequest) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def _join(workers: list[mp.process.BaseProcess], timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    for w in workers:
-        w.join(max(deadline - time.monotonic(), 0.1))
-    for w in workers:
-        if w.is_alive():  # a hung worker must not outlive the test
-            w.kill()
-            w.join()
-
-
 def _start(
     url: str, seconds: list[float], child_seconds: float | None = None
 ) -> tuple[str, list[mp.process.BaseProcess]]:
     name = f"workers-{uuid.uuid4().hex[:8]}"
-    creator = _in_child(_open, url, name)  # the parent never holds a connection across fork
+    creator = in_child(_open, url, name)  # the parent never holds a connection across fork
     creator.join(60)
     assert creator.exitcode == 0
-    return name, [_in_child(_work, url, name, s, child_seconds) for s in seconds]
+    return name, [in_child(_work, url, name, s, child_seconds) for s in seconds]
 
 
 def _check_finished_study(study: optuna.Study) -> list[FrozenTrial]:
@@ -135,7 +120,7 @@ def _check_finished_study(study: optuna.Study) -> list[FrozenTrial]:
 
 def test_four_workers_finish_every_trial_once(url: str) -> None:
     name, workers = _start(url, [0.1, 0.1, 0.1, 0.1])
-    _join(workers)
+    join_all(workers, TIMEOUT)
     assert [w.exitcode for w in workers] == [0, 0, 0, 0]
     trials = _check_finished_study(_open(url, name))
     assert len({t.user_attrs.get("pid") for t in trials if "pid" in t.user_attrs}) > 1, "work was shared"
@@ -159,11 +144,11 @@ def test_a_killed_worker_trial_is_failed_requeued_and_completed(url: str) -> Non
         watcher, lambda t: t.state == TrialState.RUNNING and t.user_attrs.get("pid") == victim.pid
         and t.user_attrs.get(PARENT_KEY) is not None, "the victim's first child",
     )
-    others = [_in_child(_work, url, name, 0.2) for _ in range(3)]
+    others = [in_child(_work, url, name, 0.2) for _ in range(3)]
     _wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
               "a trial of the other workers")
     os.kill(victim.pid, signal.SIGKILL)  # mid-trial, while the others are busy
-    _join([victim, *others])
+    join_all([victim, *others], TIMEOUT)
     assert victim.exitcode == -signal.SIGKILL
     assert [w.exitcode for w in others] == [0, 0, 0]
     trials = _check_finished_study(watcher)
