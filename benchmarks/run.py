@@ -30,6 +30,7 @@ from benchmarks import (
     bench_gm,
     bench_memory,
     bench_pgd,
+    bench_sampler_scale,
     bench_workers,
 )
 from benchmarks.common import Context, Line, new_workdir
@@ -39,6 +40,7 @@ BENCHMARKS = {
     "pgd": bench_pgd.run,
     "epoch": bench_epoch.run,
     "bookkeeping": bench_bookkeeping.run,
+    "sampler_scale": bench_sampler_scale.run,
     "workers": bench_workers.run,
     "memory": bench_memory.run,
     "compile": bench_compile.run,

@@ -35,7 +35,6 @@ from gmsearch.errors import Interrupted, UsageError
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED
-from gmsearch.search.selection import sync_replaced
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +174,6 @@ def optimize_until_finished(
             )
             break
     finished = sampler.is_finished(study)
-    changed = sync_replaced(study)  # the stored bookkeeping agrees with the replay
-    if changed:
-        logger.info("study %s: %d children's replaced-candidate attr now match the replay", study.study_name, changed)
     if finished:
         logger.info("study %s has all its %d trials", study.study_name, total)
     return finished

@@ -8,7 +8,7 @@ from gmsearch.search.objective import GMObjective, load_trial_model
 from gmsearch.search.refinement import RefineResult, refine
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import genome_of
-from gmsearch.search.selection import lineage, population, ranked_population, sync_replaced
+from gmsearch.search.selection import lineage, population, ranked_population
 from gmsearch.search.study import create_study, load_study
 
 __all__ = [
@@ -27,5 +27,4 @@ __all__ = [
     "population",
     "ranked_population",
     "refine",
-    "sync_replaced",
 ]

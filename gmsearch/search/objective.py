@@ -44,6 +44,7 @@ from gmsearch.search.schema import (
     genome_of,
     trial_seed,
 )
+from gmsearch.search.writes import write_trial
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -173,9 +174,10 @@ class GMObjective:
         epochs = int(trial.user_attrs.get(EPOCHS_KEY, self.epochs))
         torch.manual_seed(trial_seed(self.seed, trial.number) % 2**63)
         net: nn.Module | None = None
+        results: dict[str, Any] = {}  # written in one transaction when the trial ends
         try:
             net = self.build(genome).to(self.device)
-            trial.set_user_attr("params", count_params(net))
+            results["params"] = count_params(net)
             if self.inherit and self._inherit(trial, net, store):
                 epochs = max(1, round(epochs * self.inherit_epochs))
             start = time.perf_counter()
@@ -187,26 +189,25 @@ class GMObjective:
             )
             clean = accuracy(net, self.data.val.x, self.data.val.y)
             adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
-            trial.set_user_attr("clean_acc", clean)
-            trial.set_user_attr("adv_acc", adv)
-            trial.set_user_attr("epochs", epochs)
-            trial.set_user_attr("train_seconds", round(time.perf_counter() - start, 3))
+            results.update(clean_acc=clean, adv_acc=adv, epochs=epochs,
+                           train_seconds=round(time.perf_counter() - start, 3))
             if store is not None:
-                self._save_weights(trial, net, genome)
+                results[WEIGHTS_KEY] = self._save_weights(trial, net, genome)
             value = self.fitness(clean, adv)
             return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
         except (Interrupted, KeyboardInterrupt):
-            trial.set_user_attr(FAIL_REASON_KEY, INTERRUPTED)  # the runner re-queues it with its genome
+            results[FAIL_REASON_KEY] = INTERRUPTED  # the runner re-queues it with its genome
             raise
         except (TrainingDivergedError, RuntimeError) as exc:
             if not isinstance(exc, TrainingDivergedError) and not _is_oom(exc):
                 raise
             reason = f"{'out of memory' if _is_oom(exc) else 'diverged'}: {exc}"
             logger.warning("trial %d failed (%s); the study goes on", trial.number, reason)
-            trial.set_user_attr(FAIL_REASON_KEY, reason[:500])
+            results[FAIL_REASON_KEY] = reason[:500]
             nan = float("nan")
             return tuple([nan] * self.n_objectives) if self.n_objectives > 1 else nan
         finally:
+            _store(trial, results)
             del net
             gc.collect()
             if self.device.type == "cuda":
@@ -225,16 +226,25 @@ class GMObjective:
         trial.set_user_attr(INHERITED_KEY, copied)
         return bool(copied)
 
-    def _save_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> None:
+    def _save_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> str:
+        """Upload the trained weights; returns the artifact id (stored with the trial's results)."""
         assert self.artifact_store is not None
-        schema.save_trial_weights(
-            trial, self.artifact_store, net, genome,
+        return schema.save_weights(
+            self.artifact_store, trial, net, genome,
             input_shape=self.data.input_shape, num_classes=self.data.num_classes,
         )
 
     def load_trial_model(self, trial: optuna.trial.FrozenTrial) -> nn.Module:
         """The trained network of a finished trial, from its saved weights."""
         return load_trial_model(trial, self.artifact_store, self.data, device=self.device)
+
+
+def _store(trial: optuna.Trial, results: dict[str, Any]) -> None:
+    """The trial's results (or what it had when it stopped) as user attrs, in one transaction."""
+    try:
+        write_trial(trial.study._storage, trial._trial_id, user_attrs=results)
+    except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile: its retry trains it again
+        logger.warning("trial %d was finished by another worker; its results are not stored", trial.number)
 
 
 def load_trial_model(

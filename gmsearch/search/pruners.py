@@ -41,7 +41,7 @@ from gmsearch.search.schema import (
     WOULD_PRUNE_KEY,
     genome_of,
 )
-from gmsearch.search.selection import replay
+from gmsearch.search.selection import replay, replay_study
 
 SHADOW_KEY = PRUNE_SHADOW_KEY
 
@@ -87,7 +87,11 @@ def rival_of(
     if GENOME_KEY not in child.system_attrs:
         return None
     others = [t for t in trials if t.number != child.number]
-    slots = replay(others, population_size, directions, scale=scale).slots
+    return _closest(child, replay(others, population_size, directions, scale=scale).slots, scale)
+
+
+def _closest(child: FrozenTrial, slots: Sequence[FrozenTrial], scale: Sequence[float] | None) -> FrozenTrial | None:
+    """The candidate in ``slots`` closest to ``child`` in spectrum distance (first by slot on ties)."""
     if not slots:
         return None
     genome = genome_of(child)
@@ -237,7 +241,10 @@ class NichePruner(BasePruner):
         size = self.population_size or size
         if size is None:
             return False  # not a gmsearch study: no population to compare with
-        rival = rival_of(study.get_trials(deepcopy=False), trial, size, study.directions, scale=scale)
+        if GENOME_KEY not in trial.system_attrs:
+            return False
+        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
+        rival = _closest(trial, replay_study(study, others, size, scale=scale).slots, scale)
         if rival is None:
             return False
         storage = study._storage

@@ -2,8 +2,10 @@
 
 :class:`NicheEvolutionSampler` is a steady-state, spectrum-niched
 neuroevolution (paper section 3.2, Algorithm 1) on Optuna trials. It keeps no
-search state in memory: every decision is derived from the study's trials,
-so restarted processes and any number of workers rebuild the same population.
+search state of its own: every decision is derived from the study's trials,
+so restarted processes and any number of workers rebuild the same population
+(each process keeps the replay up to date incrementally, a cache that
+always equals the replay from scratch).
 
 Per trial (``before_trial``):
 
@@ -23,8 +25,8 @@ Many workers: a trial another worker is still sampling (RUNNING, no genome
 yet) counts as the initial candidate or child it is about to become, and a
 trial waits (briefly) for earlier ones being sampled, so trial numbers decide
 roles as with one worker and initial candidates stay ``min_distance`` apart.
-Each trial writes its genome last, after its parent and generation, so a
-genome on a trial means its bookkeeping is complete. A trial the heartbeat
+Each trial writes its genome, parent, generation and spectrum params in one
+transaction, so a genome on a trial means its bookkeeping is complete. A trial the heartbeat
 has just failed keeps its place until Optuna has re-queued it (the sampler
 marks trials failed by their own worker, which are never re-queued, with
 ``gmsearch:told_fail``). With ``generations`` set, a trial started
@@ -40,7 +42,11 @@ The population (:func:`replay`) is a deterministic replay of completed
 trials in completion order: initial candidates fill the slots; each child
 replaces the candidate closest to it in spectrum distance (first closest by
 slot on ties) when its fitness is strictly better (for two objectives: when
-it dominates), taking that slot. Failed and pruned trials never enter.
+it dominates), taking that slot. Failed and pruned trials never enter. A
+child's ``gmsearch:replaced`` is written when it finishes, from the trials
+finished by then: a trial another worker finishes within those few
+milliseconds can come first in the replay (a finished trial cannot be
+updated afterwards, so :func:`gmsearch.lineage` is the final word).
 
 Storage keys: system attr ``gmsearch:genome``; user attrs
 ``gmsearch:parent``, ``gmsearch:generation``, ``gmsearch:replaced``,
@@ -88,7 +94,8 @@ from gmsearch.search.schema import (
     is_child,
     trial_seed,
 )
-from gmsearch.search.selection import replay
+from gmsearch.search.selection import replay_study
+from gmsearch.search.writes import write_trial
 
 logger = logging.getLogger(__name__)
 
@@ -138,19 +145,28 @@ def _heartbeat_interval(storage: BaseStorage) -> int | None:
     return None
 
 
-def _set_user_attr(storage: BaseStorage, trial: FrozenTrial, key: str, value: Any) -> None:
-    """Store a user attr and show it on ``trial`` too.
+def _write(
+    storage: BaseStorage,
+    trial: FrozenTrial,
+    *,
+    user: dict[str, Any] | None = None,
+    system: dict[str, Any] | None = None,
+    params: dict[str, int] | None = None,
+) -> None:
+    """Store attrs and spectrum params of ``trial`` in one transaction, and show them on ``trial`` too.
 
     ``trial`` is the snapshot a running ``optuna.Trial`` reads ``user_attrs``
-    from, so the objective sees, e.g., ``gmsearch:epochs``.
+    and ``params`` from, so the objective sees, e.g., ``gmsearch:epochs``.
     """
-    storage.set_trial_user_attr(trial._trial_id, key, value)
-    trial.user_attrs = {**trial.user_attrs, key: value}
-
-
-def _set_system_attr(storage: BaseStorage, trial: FrozenTrial, key: str, value: Any) -> None:
-    storage.set_trial_system_attr(trial._trial_id, key, value)
-    trial.system_attrs = {**trial.system_attrs, key: value}
+    params = params or {}
+    write_trial(
+        storage, trial._trial_id, user_attrs=user, system_attrs=system,
+        params={name: (float(value), _SPECTRUM_DIST) for name, value in params.items()},
+    )
+    trial.user_attrs = {**trial.user_attrs, **(user or {})}
+    trial.system_attrs = {**trial.system_attrs, **(system or {})}
+    trial.params = {**trial.params, **params}
+    trial.distributions = {**trial.distributions, **dict.fromkeys(params, _SPECTRUM_DIST)}
 
 
 def _record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
@@ -174,6 +190,7 @@ class _Census:
     """How the other trials of a study count for the trial being sampled (``me``)."""
 
     n_initial: int = 0  # live initial candidates, including ones still being sampled
+    initial: list[FrozenTrial] = field(default_factory=list)  # initial candidates with a genome, not failed
     earlier_children: list[FrozenTrial] = field(default_factory=list)  # numbers < me, in number order
     n_children: int = 0  # all live children, including later-numbered re-queued ones and earlier waiters
     settling: bool = False  # an earlier trial is being sampled by another worker right now
@@ -202,6 +219,8 @@ def _census(trials: Sequence[FrozenTrial], me: int, population_size: int, now: d
         if GENOME_KEY in t.system_attrs:
             if not is_child(t):
                 census.n_initial += 1
+                if t.state != TrialState.FAIL:
+                    census.initial.append(t)
             elif t.number < me:
                 census.earlier_children.append(t)
             else:
@@ -393,17 +412,13 @@ class NicheEvolutionSampler(BaseSampler):
         if heartbeat is not None:
             _record_heartbeat(storage, tid)  # from here on, a worker that dies leaves a stale trial
         if GENOME_KEY in trial.system_attrs:  # a re-queued trial keeps its genome and parent
-            self._set_params(study, trial, genome_of(trial))
+            _write(storage, trial, params=self._spectrum_params(trial, genome_of(trial)))
             return
         trials, census, marked = self._wait_for_a_place(study, trial, heartbeat)
         if census is None:
             return  # surplus: genome_of prunes it
         rng = random.Random(trial_seed(self._seed, trial.number))
-        initial = sorted(
-            (t for t in trials if t.number != trial.number and t.state != TrialState.FAIL
-             and GENOME_KEY in t.system_attrs and not is_child(t)),
-            key=lambda t: t.number,
-        )
+        initial = census.initial
         parent: int | None = None
         generation = 0
         if census.n_initial < self.population_size or not initial:
@@ -419,8 +434,8 @@ class NicheEvolutionSampler(BaseSampler):
                 parent = int(first_of_turn.user_attrs[PARENT_KEY])  # the turn's parent, as it was
                 parent_trial = next(t for t in trials if t.number == parent)
             else:
-                others = [t for t in trials if t.number != trial.number]
-                slots = replay(others, self.population_size, study.directions, scale=self.spectrum_scale).slots
+                # ``trials`` holds this trial RUNNING: only COMPLETE ones enter the replay
+                slots = replay_study(study, trials, self.population_size, scale=self.spectrum_scale).slots
                 if not slots:  # no candidate finished yet: take the live initial ones (never wait)
                     slots = initial
                 slot = (k // self.n_children) % self.population_size
@@ -431,18 +446,15 @@ class NicheEvolutionSampler(BaseSampler):
                 weights=self.mutation_weights, budget=self.budget,
             )
             genome = toolbox.aggressive(genome_of(parent_trial), rng)
-        # The genome goes last: other workers read a genome as "this trial's bookkeeping is complete".
-        _set_user_attr(storage, trial, PARENT_KEY, parent)
-        _set_user_attr(storage, trial, GENERATION_KEY, generation)
-        _set_user_attr(storage, trial, ARCH_KEY, genome.summary())
+        # One transaction: other workers read a genome as "this trial's bookkeeping is complete".
+        user: dict[str, Any] = {PARENT_KEY: parent, GENERATION_KEY: generation, ARCH_KEY: genome.summary()}
         if self.epoch_schedule is not None:
-            _set_user_attr(storage, trial, EPOCHS_KEY, self.epoch_schedule.epochs(generation))
-        self._set_params(study, trial, genome)
-        _set_system_attr(storage, trial, GENOME_KEY, genome.to_json())
+            user[EPOCHS_KEY] = self.epoch_schedule.epochs(generation)
+        system: dict[str, Any] = {GENOME_KEY: genome.to_json()}
         if marked:  # it waited as surplus, then took a vacancy
-            _set_system_attr(storage, trial, SURPLUS_KEY, False)
-        if heartbeat is not None:
-            _record_heartbeat(storage, tid)  # Optuna's heartbeat thread takes over from here
+            system[SURPLUS_KEY] = False
+        _write(storage, trial, user=user, system=system, params=self._spectrum_params(trial, genome))
+        # Optuna's heartbeat thread beats from the moment the objective starts
 
     def _wait_for_a_place(
         self, study: Study, trial: FrozenTrial, heartbeat: int | None
@@ -470,7 +482,7 @@ class NicheEvolutionSampler(BaseSampler):
             if self.generations is None or census.n_initial < self.population_size or census.n_children < n_planned:
                 return trials, census, marked
             if not marked:
-                _set_system_attr(storage, trial, SURPLUS_KEY, True)
+                _write(storage, trial, system={SURPLUS_KEY: True})
                 marked = True
             if heartbeat is None or _finished(trials, self.population_size, n_planned):
                 logger.info("trial %d is surplus: the study has all its generations; stopping", trial.number)
@@ -485,35 +497,27 @@ class NicheEvolutionSampler(BaseSampler):
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 optuna.storages.fail_stale_trials(study)  # workers that died: fail and re-queue their trials
 
-    def _set_params(self, study: Study, trial: FrozenTrial, genome: Genome) -> None:
-        params, distributions = dict(trial.params), dict(trial.distributions)
-        for name, count in zip(SPECTRUM_PARAMS, genome.spectrum(), strict=True):
-            if name not in trial.params:
-                value = min(count, SPECTRUM_MAX)
-                study._storage.set_trial_param(trial._trial_id, name, float(value), _SPECTRUM_DIST)
-                params[name], distributions[name] = value, _SPECTRUM_DIST
-        trial.params, trial.distributions = params, distributions  # what the running Trial shows
+    @staticmethod
+    def _spectrum_params(trial: FrozenTrial, genome: Genome) -> dict[str, int]:
+        """The spectrum counts as int params (for Optuna's param plots), those ``trial`` lacks."""
+        counts = zip(SPECTRUM_PARAMS, genome.spectrum(), strict=True)
+        return {name: min(int(count), SPECTRUM_MAX) for name, count in counts if name not in trial.params}
 
     def after_trial(
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
+        # ``trial`` was just read from storage by Optuna's tell, which calls this only for a RUNNING trial
         self._independent.after_trial(study, trial, state, values)
-        stored = study._storage.get_trial(trial._trial_id)
-        if stored.state.is_finished():
+        if trial.state.is_finished():
             return  # another worker failed it as stale (and re-queued it); Optuna reports that
         if state == TrialState.FAIL:  # failed here, not by the heartbeat: no re-queue will follow
             study._storage.set_trial_system_attr(trial._trial_id, TOLD_FAIL_KEY, True)
         trials = study.get_trials(deepcopy=False)
-        if state == TrialState.COMPLETE and values is not None and GENOME_KEY in stored.system_attrs \
-                and is_child(stored):
-            others = [t for t in trials if t.number != trial.number]
-            result = replay(
-                others, self.population_size, study.directions,
-                scale=self.spectrum_scale, extra=(stored, values),
-            )
-            study._storage.set_trial_user_attr(
-                trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number)
-            )
+        if state == TrialState.COMPLETE and values is not None and GENOME_KEY in trial.system_attrs \
+                and is_child(trial):
+            # ``trials`` holds this trial RUNNING; it enters the replay last, as ``extra``
+            result = replay_study(study, trials, self.population_size, scale=self.spectrum_scale, extra=(trial, values))
+            study._storage.set_trial_user_attr(trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number))
         if self.generations is not None:
             n_planned = self.population_size * self.generations * self.n_children
             if _finished(trials, self.population_size, n_planned, current=trial.number, current_state=state):

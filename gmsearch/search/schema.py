@@ -13,7 +13,10 @@ Per trial:
   (last heartbeat of a running trial through the gRPC proxy);
 - user attrs: :data:`PARENT_KEY` (parent trial number, None for an initial
   candidate), :data:`GENERATION_KEY`, :data:`REPLACED_KEY` (the candidate the
-  child replaced, None: rejected), :data:`EPOCHS_KEY` (epochs the schedule
+  child replaced, None: rejected, as its worker saw the population when the
+  child finished; with many workers a child finishing in the same instant
+  can reorder it, and :func:`gmsearch.lineage` gives the replay's final
+  answer), :data:`EPOCHS_KEY` (epochs the schedule
   gives it), :data:`ARCH_KEY` (readable summary), :data:`WEIGHTS_KEY`
   (artifact id of its trained weights), :data:`FAIL_REASON_KEY`, :data:`RIVAL_KEY`
   (the candidate a pruner compared it with), and the plain metrics
@@ -29,6 +32,7 @@ attrs :data:`DATA_KEY` (what rebuilds a network: input shape, classes),
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -114,6 +118,12 @@ def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
             f"trial {frozen.number} has no genome (system attr {GENOME_KEY!r}); "
             "run the study with gmsearch.NicheEvolutionSampler"
         )
+    return _parse_genome(text)
+
+
+@functools.lru_cache(maxsize=16384)
+def _parse_genome(text: str) -> Genome:
+    """Genomes are immutable: each stored text is parsed once per process (replays read them often)."""
     return Genome.from_json(text)
 
 
@@ -220,16 +230,6 @@ def save_weights(
         return upload_artifact(artifact_store=store, file_path=tmp, study_or_trial=owner)
     finally:
         os.unlink(tmp)
-
-
-def save_trial_weights(
-    trial: optuna.Trial, store: FileSystemArtifactStore, net: nn.Module, genome: Genome, *,
-    input_shape: Sequence[int], num_classes: int,
-) -> str:
-    """Save a trial's trained weights and note the artifact id on the trial."""
-    artifact_id = save_weights(store, trial, net, genome, input_shape=input_shape, num_classes=num_classes)
-    trial.set_user_attr(WEIGHTS_KEY, artifact_id)
-    return artifact_id
 
 
 def load_weights(artifact_id: str, stores: Sequence[FileSystemArtifactStore | str | Path]) -> dict[str, Any]:

@@ -10,11 +10,14 @@ reads the study gets the same population.
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import optuna
+from optuna.storages import BaseStorage
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
@@ -27,7 +30,6 @@ from gmsearch.search.schema import (
     GENERATION_KEY,
     GENOME_KEY,
     PARENT_KEY,
-    REPLACED_KEY,
     SAMPLER_KEY,
     genome_of,
     is_child,
@@ -57,6 +59,51 @@ def _completion_key(t: FrozenTrial) -> tuple[float, int]:
     return (done, t.number)
 
 
+class _Replayer:
+    """Algorithm 1's selection applied one completed trial at a time (the state of :func:`replay`)."""
+
+    def __init__(self, population_size: int, directions: Sequence[StudyDirection], scale: Sequence[float] | None):
+        self.population_size, self.directions, self.scale = population_size, list(directions), scale
+        self.slots: list[FrozenTrial] = []
+        self.values: list[Sequence[float]] = []
+        self.genomes: list[Genome] = []
+        self.replaced: dict[int, int | None] = {}
+
+    def copy(self) -> _Replayer:
+        other = _Replayer(self.population_size, self.directions, self.scale)
+        other.slots, other.values, other.genomes = list(self.slots), list(self.values), list(self.genomes)
+        other.replaced = dict(self.replaced)
+        return other
+
+    def apply(self, trial: FrozenTrial, vals: Sequence[float]) -> None:
+        if GENOME_KEY not in trial.system_attrs:
+            return
+        if not is_child(trial):
+            if len(self.slots) < self.population_size:
+                self.slots.append(trial)
+                self.values.append(vals)
+                self.genomes.append(genome_of(trial))
+            return
+        if not self.slots:
+            return
+        genome = genome_of(trial)
+        distances = [spectrum_distance(genome, g, self.scale) for g in self.genomes]
+        j = distances.index(min(distances))  # first closest on ties
+        if _better(vals, self.values[j], self.directions):
+            self.replaced[trial.number] = self.slots[j].number
+            self.slots[j], self.values[j], self.genomes[j] = trial, vals, genome
+        else:
+            self.replaced[trial.number] = None
+
+    def result(self) -> Replay:
+        return Replay(slots=list(self.slots), replaced=dict(self.replaced))
+
+
+def _events(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
+    """The completed trials with values, in completion order."""
+    return sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values), key=_completion_key)
+
+
 def replay(
     trials: Sequence[FrozenTrial],
     population_size: int,
@@ -75,34 +122,82 @@ def replay(
         extra: A trial not yet stored as COMPLETE, with its values, applied last
             (the sampler's ``after_trial`` uses it).
     """
-    done = sorted((t for t in trials if t.state == TrialState.COMPLETE), key=_completion_key)
-    events: list[tuple[FrozenTrial, Sequence[float]]] = [(t, t.values) for t in done if t.values]
+    state = _Replayer(population_size, directions, scale)
+    for t in _events(trials):
+        state.apply(t, t.values)
     if extra is not None:
-        events.append(extra)
-    slots: list[FrozenTrial] = []
-    values: list[Sequence[float]] = []
-    genomes: list[Genome] = []
-    replaced: dict[int, int | None] = {}
-    for trial, vals in events:
-        if GENOME_KEY not in trial.system_attrs:
-            continue
-        if not is_child(trial):
-            if len(slots) < population_size:
-                slots.append(trial)
-                values.append(vals)
-                genomes.append(genome_of(trial))
-            continue
-        if not slots:
-            continue
-        genome = genome_of(trial)
-        distances = [spectrum_distance(genome, g, scale) for g in genomes]
-        j = distances.index(min(distances))  # first closest on ties
-        if _better(vals, values[j], directions):
-            replaced[trial.number] = slots[j].number
-            slots[j], values[j], genomes[j] = trial, vals, genome
-        else:
-            replaced[trial.number] = None
-    return Replay(slots=slots, replaced=replaced)
+        state.apply(*extra)
+    return state.result()
+
+
+class IncrementalReplay:
+    """:func:`replay` kept up to date as trials complete, for studies with thousands of trials.
+
+    :meth:`update` applies only the trials completed since the last call when
+    they all completed after the ones already applied (the usual case); a
+    trial that completed earlier but is seen only now (another worker's
+    clock, a slow commit) makes it replay from the start, so the result is
+    always exactly :func:`replay`'s.
+    """
+
+    def __init__(self, population_size: int, directions: Sequence[StudyDirection], scale: Sequence[float] | None):
+        self._settings = (population_size, list(directions), scale)
+        self._state = _Replayer(*self._settings)
+        self._applied: set[int] = set()
+        self._last: tuple[float, int] | None = None
+        self.rebuilds = 0
+
+    def update(
+        self, trials: Sequence[FrozenTrial], *, extra: tuple[FrozenTrial, Sequence[float]] | None = None
+    ) -> Replay:
+        """The replay of ``trials`` (``extra`` applied last without being remembered)."""
+        applied = self._applied
+        new = sorted(
+            (t for t in trials if t.state == TrialState.COMPLETE and t.number not in applied and t.values),
+            key=_completion_key,
+        )
+        if new and self._last is not None and _completion_key(new[0]) < self._last:
+            self._state, self._applied, self._last = _Replayer(*self._settings), set(), None
+            self.rebuilds += 1
+            new = _events(trials)
+        for t in new:
+            self._state.apply(t, t.values)
+            self._applied.add(t.number)
+            self._last = _completion_key(t)
+        if extra is None:
+            return self._state.result()
+        state = self._state.copy()
+        state.apply(*extra)
+        return state.result()
+
+
+_incremental: weakref.WeakKeyDictionary[BaseStorage, dict[tuple[Any, ...], IncrementalReplay]] = (
+    weakref.WeakKeyDictionary()
+)
+_incremental_lock = threading.Lock()
+
+
+def replay_study(
+    study: optuna.Study,
+    trials: Sequence[FrozenTrial],
+    population_size: int,
+    *,
+    scale: Sequence[float] | None = None,
+    extra: tuple[FrozenTrial, Sequence[float]] | None = None,
+) -> Replay:
+    """:func:`replay` of ``trials`` (the study's, read just now), kept incremental per study and process.
+
+    The sampler and the pruner call it on every trial and every epoch; a
+    replay that starts from scratch each time costs O(trials) genome reads
+    per call, this one only the trials completed since the last call.
+    """
+    key = (study._study_id, population_size, tuple(scale) if scale is not None else None)
+    with _incremental_lock:
+        per_storage = _incremental.setdefault(study._storage, {})
+        incremental = per_storage.get(key)
+        if incremental is None:
+            incremental = per_storage[key] = IncrementalReplay(population_size, study.directions, scale)
+        return incremental.update(trials, extra=extra)
 
 
 def _replay_of(study: optuna.Study, population_size: int | None = None) -> Replay:
@@ -158,20 +253,3 @@ def lineage(study: optuna.Study) -> list[dict[str, Any]]:
             "fail_reason": t.user_attrs.get(FAIL_REASON_KEY),
         })
     return rows
-
-
-def sync_replaced(study: optuna.Study) -> int:
-    """Store on every completed child the candidate the replay says it replaced; returns how many changed.
-
-    A child's ``after_trial`` stores a first answer before Optuna marks it
-    complete; with many workers, trials completing meanwhile can change its
-    place in the replay's completion order. Workers call this when they stop,
-    so the stored bookkeeping agrees with :func:`population`.
-    """
-    result = _replay_of(study)
-    changed = 0
-    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        if t.number in result.replaced and t.user_attrs.get(REPLACED_KEY) != result.replaced[t.number]:
-            study._storage.set_trial_user_attr(t._trial_id, REPLACED_KEY, result.replaced[t.number])
-            changed += 1
-    return changed

@@ -1,0 +1,198 @@
+"""Cheap bookkeeping: batched trial writes, SQLite's write-ahead log, the incremental population replay.
+
+PostgreSQL cases run when GMSEARCH_TEST_POSTGRES_URL is set (see tests/test_storage.py).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sqlite3
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.distributions import FloatDistribution, IntDistribution
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
+
+import gmsearch as gms
+from gmsearch.search import schema
+from gmsearch.search import study as study_module
+from gmsearch.search.selection import IncrementalReplay, replay, replay_study
+from gmsearch.search.study import check_storage, file_system_of, make_storage, sqlite_wal_is_safe
+from gmsearch.search.writes import write_trial
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+POSTGRES_URL = os.environ.get("GMSEARCH_TEST_POSTGRES_URL")
+KINDS = ["memory", "sqlite", "sqlite-rollback", "journal", "postgresql"]
+
+
+@pytest.fixture
+def study_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[no-untyped-def]
+    def make(kind: str) -> optuna.Study:
+        url: str | None
+        if kind == "memory":
+            url = None
+        elif kind.startswith("sqlite"):
+            monkeypatch.setenv("GMSEARCH_SQLITE_WAL", "0" if kind == "sqlite-rollback" else "1")
+            url = f"sqlite:///{tmp_path / f'{kind}.db'}"
+        elif kind == "journal":
+            url = f"journal:{tmp_path / 'study.log'}"
+        else:
+            if not POSTGRES_URL:
+                pytest.skip("GMSEARCH_TEST_POSTGRES_URL is not set")
+            url = POSTGRES_URL
+        return gms.create_study(study_name=f"writes-{uuid.uuid4().hex[:8]}", storage=url)
+
+    return make
+
+
+USER = {"gmsearch:parent": 3, "gmsearch:generation": 2, "gmsearch:architecture": "conv 3x3 x16", "none": None}
+SYSTEM = {"gmsearch:genome": '{"blocks": []}', "nested": {"a": [1, 2.5, "x"]}}
+PARAMS = {"n_conv": (4.0, IntDistribution(0, 64)), "lr": (0.01, FloatDistribution(1e-4, 1.0, log=True))}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_one_transaction_stores_what_the_per_attribute_calls_store(kind: str, study_of) -> None:  # type: ignore[no-untyped-def]
+    study = study_of(kind)
+    storage = study._storage
+    by_call, batched = study.ask(), study.ask()
+    for name, (value, dist) in PARAMS.items():
+        storage.set_trial_param(by_call._trial_id, name, value, dist)
+    for key, value in USER.items():
+        storage.set_trial_user_attr(by_call._trial_id, key, value)
+    for key, value in SYSTEM.items():
+        storage.set_trial_system_attr(by_call._trial_id, key, value)
+    write_trial(storage, batched._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS)
+    a, b = storage.get_trial(by_call._trial_id), storage.get_trial(batched._trial_id)
+    assert (b.params, b.distributions, b.user_attrs) == (a.params, a.distributions, a.user_attrs)
+    assert {k: b.system_attrs[k] for k in SYSTEM} == {k: a.system_attrs[k] for k in SYSTEM}
+    # an existing key is overwritten, as set_trial_user_attr does
+    write_trial(storage, batched._trial_id, user_attrs={"gmsearch:generation": 5})
+    assert storage.get_trial(batched._trial_id).user_attrs["gmsearch:generation"] == 5
+    study.tell(batched, 1.0)
+    assert study.trials[batched.number].params == {"n_conv": 4, "lr": 0.01}
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "postgresql"])
+def test_writes_to_a_finished_trial_or_a_clashing_distribution_are_refused(kind: str, study_of) -> None:  # type: ignore[no-untyped-def]
+    study = study_of(kind)
+    storage = study._storage
+    first = study.ask()
+    write_trial(storage, first._trial_id, params={"n_conv": (1.0, IntDistribution(0, 64))})
+    study.tell(first, 0.5)
+    with pytest.raises(optuna.exceptions.UpdateFinishedTrialError):
+        write_trial(storage, first._trial_id, user_attrs={"late": 1})
+    second = study.ask()
+    with pytest.raises(ValueError, match="n_conv|compatib|distribution"):
+        write_trial(storage, second._trial_id, params={"n_conv": (0.5, FloatDistribution(0.0, 1.0))})
+    assert "late" not in storage.get_trial(first._trial_id).user_attrs
+    assert storage.get_trial(second._trial_id).params == {}
+
+
+def test_a_refused_batch_writes_nothing(study_of) -> None:  # type: ignore[no-untyped-def]
+    study = study_of("sqlite")
+    storage = study._storage
+    first = study.ask()
+    write_trial(storage, first._trial_id, params={"n_conv": (1.0, IntDistribution(0, 64))})
+    second = study.ask()
+    with pytest.raises(ValueError):
+        write_trial(storage, second._trial_id, user_attrs={"gmsearch:parent": 0},
+                    params={"n_conv": (0.5, FloatDistribution(0.0, 1.0))})
+    assert storage.get_trial(second._trial_id).user_attrs == {}
+
+
+def test_sqlite_on_a_local_disk_uses_the_write_ahead_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GMSEARCH_SQLITE_WAL", raising=False)
+    url = f"sqlite:///{tmp_path / 'wal.db'}"
+    assert sqlite_wal_is_safe(url) == (file_system_of(tmp_path) not in {"nfs", "nfs4", "cifs"})
+    study = gms.create_study(study_name="wal", storage=url)
+    study.optimize(lambda t: 1.0, n_trials=2)
+    with sqlite3.connect(tmp_path / "wal.db") as db:
+        mode = db.execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == ("wal" if sqlite_wal_is_safe(url) else "delete")
+    monkeypatch.setenv("GMSEARCH_SQLITE_WAL", "0")
+    make_storage(f"sqlite:///{tmp_path / 'rollback.db'}")
+    with sqlite3.connect(tmp_path / "rollback.db") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    # the file passes gmsearch's own check (read-only open, quick_check) while in WAL mode
+    check_storage(url, must_exist=True)
+
+
+MOUNTS = """\
+/dev/sda1 / ext4 rw,relatime 0 0
+fileserver:/export /shared nfs4 rw,relatime 0 0
+/dev/sdb1 /shared/local\\040disk xfs rw 0 0
+"""
+
+
+def test_network_file_systems_keep_the_rollback_journal(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert file_system_of(Path("/home/me/run"), MOUNTS) == "ext4"
+    assert file_system_of(Path("/shared/proj"), MOUNTS) == "nfs4"
+    assert file_system_of(Path("/shared/local disk/x"), MOUNTS) == "xfs"
+    monkeypatch.delenv("GMSEARCH_SQLITE_WAL", raising=False)
+    monkeypatch.setattr(study_module, "file_system_of", lambda path, mounts=None: file_system_of(path, MOUNTS))
+    assert not sqlite_wal_is_safe("sqlite:////shared/proj/gmsearch.db")
+    assert sqlite_wal_is_safe("sqlite:////home/me/gmsearch.db")
+    assert not sqlite_wal_is_safe("sqlite:///:memory:")
+    monkeypatch.setenv("GMSEARCH_SQLITE_WAL", "1")
+    assert sqlite_wal_is_safe("sqlite:////shared/proj/gmsearch.db")
+
+
+# --------------------------------------------------------------------------- incremental replay
+
+def _trials(n: int, seed: int) -> list[FrozenTrial]:
+    """Finished trials of a search's shape: 3 initial candidates, then children, some failed."""
+    rng = random.Random(seed)
+    genomes = [gms.Genome.from_json(t.system_attrs[schema.GENOME_KEY]) for t in _sampled(8)]
+    start = datetime(2026, 1, 1)
+    out = []
+    for number in range(n):
+        state = TrialState.COMPLETE if rng.random() > 0.15 else TrialState.FAIL
+        out.append(optuna.trial.create_trial(
+            state=state, value=rng.random() if state == TrialState.COMPLETE else None,
+            user_attrs={schema.PARENT_KEY: rng.randrange(number) if number >= 3 else None},
+            system_attrs={schema.GENOME_KEY: rng.choice(genomes).to_json()},
+        ))
+        out[-1].number = number
+        out[-1].datetime_complete = start + timedelta(seconds=number + rng.random() * 3)  # a few out of order
+    return out
+
+
+def _sampled(n: int) -> list[FrozenTrial]:
+    study = optuna.create_study(sampler=gms.NicheEvolutionSampler(population_size=3, seed=1), direction="maximize")
+    study.optimize(lambda t: random.random(), n_trials=n)
+    return study.trials
+
+
+def test_incremental_replay_equals_the_replay_from_scratch() -> None:
+    trials = _trials(120, seed=0)
+    directions = [StudyDirection.MAXIMIZE]
+    incremental = IncrementalReplay(3, directions, None)
+    arrival = sorted(trials, key=lambda t: t.number)  # seen by trial number: completion order differs
+    for seen in range(0, len(arrival) + 1, 7):
+        visible = arrival[:seen]
+        fresh = replay(visible, 3, directions)
+        got = incremental.update(visible)
+        assert [t.number for t in got.slots] == [t.number for t in fresh.slots]
+        assert got.replaced == fresh.replaced
+        extra = arrival[-1]
+        with_extra = incremental.update(visible, extra=(extra, [2.0]))
+        assert with_extra.replaced == replay(visible, 3, directions, extra=(extra, [2.0])).replaced
+    assert 0 < incremental.rebuilds < len(arrival) // 7  # out-of-order arrivals replay from scratch
+
+
+def test_replay_study_is_cached_per_study_and_stays_exact() -> None:
+    sampler = gms.NicheEvolutionSampler(population_size=3, n_children=2, seed=4)
+    studies = [optuna.create_study(sampler=sampler, direction=d) for d in ("maximize", "minimize")]
+    rng = random.Random(0)
+    for _ in range(4):
+        for study in studies:
+            study.optimize(lambda t: rng.random(), n_trials=5)
+            got, fresh = replay_study(study, study.trials, 3), replay(study.trials, 3, study.directions)
+            assert [t.number for t in got.slots] == [t.number for t in fresh.slots]
+            assert got.replaced == fresh.replaced
