@@ -1,4 +1,4 @@
-"""(5) Worker scaling: children per hour with 1, 2 and 4 worker processes on one study.
+"""(5) Worker scaling: children per hour with 1, 2, 4 (and on CUDA 8) worker processes on one device.
 
 Each worker is a separate process (as ``gmsearch run --workers N`` starts
 them) optimising one shared SQLite study with a real GM child-training
@@ -6,7 +6,8 @@ objective of fixed cost (a small CNN, one epoch on digits). Workers load
 everything from the cache, wait at a barrier, and the clock runs from the
 barrier until the last one finishes. Every worker runs the same number of
 children, so perfect scaling keeps the wall time constant. On CPU each worker
-gets one core (one torch thread); on CUDA all share one GPU.
+gets one core (one torch thread); on CUDA all share one GPU, as
+``gmsearch run --workers-per-device K`` places K workers on each GPU.
 """
 
 from __future__ import annotations
@@ -73,10 +74,10 @@ def _throughput(ctx: Context, workers: int, per_worker: int) -> float:
 
 def run(ctx: Context) -> list[Line]:
     trials.fixed_child_objective(ctx)  # train the reference and cache it before the workers start
-    counts = [1, 2] if ctx.quick else [1, 2, 4]
+    counts = [1, 2] if ctx.quick else [1, 2, 4, 8] if ctx.cuda else [1, 2, 4]
     per_worker = 2 if ctx.quick else 4
     rates = {n: _throughput(ctx, n, per_worker) for n in counts}
     cores = os.cpu_count() or 1
     where = "1 GPU" if ctx.cuda else f"{cores} CPU cores"
     value = ", ".join(f"{n} worker{'s' if n > 1 else ''} {r:.0f}/h ({r / rates[1]:.2f}x)" for n, r in rates.items())
-    return [Line(f"worker_scaling_children_per_hour[{where}]", value)]
+    return [Line(f"worker_scaling_children_per_hour[workers per device, {where}]", value)]

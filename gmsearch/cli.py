@@ -48,6 +48,15 @@ def _cmd_run(args: argparse.Namespace) -> int:
     cfg = config.load(args.config)
     if args.device is not None:
         cfg.device = config.parse({"device": args.device}).device
+    if args.workers_per_device is not None:
+        if args.workers is not None:
+            from gmsearch.errors import UsageError
+
+            raise UsageError(
+                f"--workers {args.workers} and --workers-per-device {args.workers_per_device}: give one of them "
+                "(--workers-per-device K puts K workers on each device)"
+            )
+        cfg.workers, cfg.workers_per_device = 1, args.workers_per_device  # overrides the config's choice
 
     import optuna
 
@@ -153,6 +162,8 @@ def make_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run the study described by a TOML config")
     r.add_argument("config", help="TOML config file (see README: config reference)")
     r.add_argument("--workers", type=_positive, default=None, help="worker processes (default: config's)")
+    r.add_argument("--workers-per-device", type=_positive, default=None, metavar="K",
+                   help="K worker processes on each device (every GPU, else the CPU); not with --workers")
     r.add_argument("--device", default=None, help="override the config's device: auto, cpu, cuda, cuda:1, mps")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     r.set_defaults(func=_cmd_run)

@@ -4,6 +4,8 @@ Example ``study.toml``::
 
     seed = 0
     device = "auto"            # "auto", "cpu", "cuda", "cuda:1"
+    workers = 1                # worker processes (gmsearch run), one device each round-robin
+    workers_per_device = 0     # K workers on each device instead (0: off, `workers` decides)
     plugins = []               # plugin folders (names or paths) to load
 
     [data]
@@ -139,6 +141,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"
     workers: int = 1
+    workers_per_device: int = 0
     plugins: list[str] = field(default_factory=list)
     data: DataConfig = field(default_factory=DataConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -165,7 +168,7 @@ _SECTION_TYPES: dict[str, type[Any]] = {
 
 #: Lower bounds of numeric settings: (section, key, smallest allowed value).
 _AT_LEAST: tuple[tuple[str, str, float], ...] = (
-    ("top level", "workers", 1),
+    ("top level", "workers", 1), ("top level", "workers_per_device", 0),
     ("data", "image_size", 4), ("data", "max_train_per_class", 1), ("data", "max_test_per_class", 1),
     ("data", "num_classes", 2),
     ("reference", "epochs", 1),
@@ -232,6 +235,11 @@ def parse(values: dict[str, Any]) -> RunConfig:
         raise ConfigError(f"[search] mutations_per_child must be [lo, hi] with 1 <= lo <= hi, got {k}")
     if isinstance(cfg.training.lr, str) and cfg.training.lr != "default":
         raise ConfigError(f"[training] lr must be a number or \"default\", got {cfg.training.lr!r}")
+    if cfg.workers != 1 and cfg.workers_per_device > 0:
+        raise ConfigError(
+            f"workers = {cfg.workers} and workers_per_device = {cfg.workers_per_device}: set one of them "
+            "(workers_per_device = K puts K workers on each device)"
+        )
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {cfg.device!r}")
     return cfg

@@ -39,13 +39,47 @@ from gmsearch.training import gm_loss
 logger = logging.getLogger(__name__)
 
 
+def devices(cfg: RunConfig) -> list[str]:
+    """The devices workers run on, in round-robin order.
+
+    An explicit device (``cpu``, ``cuda:1``, ``mps``) is the only one; ``cuda``
+    and ``auto`` mean every GPU (``cuda:0`` .. ``cuda:{n-1}``) when CUDA is
+    available; otherwise ``auto`` is the CPU (and ``cuda`` stays ``cuda``, which
+    :func:`check_device` rejects on a machine without a GPU).
+    """
+    if cfg.device not in ("auto", "cuda"):
+        return [cfg.device]
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if count > 0:
+        return [f"cuda:{i}" for i in range(count)]
+    return ["cpu"] if cfg.device == "auto" else [cfg.device]
+
+
 def device_for(cfg: RunConfig, worker: int = 0) -> str:
-    """The device of worker ``worker``: the configured one, else one GPU round-robin, else the CPU."""
-    if cfg.device != "auto":
-        return cfg.device
-    if torch.cuda.is_available():
-        return f"cuda:{worker % torch.cuda.device_count()}"
-    return "cpu"
+    """The device of worker ``worker``: :func:`devices` round-robin."""
+    available = devices(cfg)
+    return available[worker % len(available)]
+
+
+def worker_count(cfg: RunConfig, workers: int | None = None) -> int:
+    """How many worker processes run: ``workers`` when given, else ``workers_per_device`` on each of
+    :func:`devices` when set, else ``cfg.workers``."""
+    if workers is not None:
+        return workers
+    if cfg.workers_per_device > 0:
+        return cfg.workers_per_device * len(devices(cfg))
+    return cfg.workers
+
+
+def describe_workers(cfg: RunConfig, workers: int | None = None) -> str:
+    """The plan's workers line, e.g. ``6 (3 per device on cuda:0, cuda:1)``."""
+    n = worker_count(cfg, workers)
+    if workers is None and cfg.workers_per_device > 0:
+        return f"{n} ({cfg.workers_per_device} per device on {', '.join(devices(cfg))})"
+    if n == 1:
+        return "1 (this process)"
+    used = dict.fromkeys(device_for(cfg, i) for i in range(n))
+    return f"{n} (round-robin on {', '.join(used)})"
 
 
 def artifact_dir(cfg: RunConfig) -> Path:
@@ -144,8 +178,8 @@ def make_reference(
     )
 
 
-def plan(cfg: RunConfig, data: datasets.Dataset, device: str) -> list[str]:
-    """What a run will do, in a few lines (printed before any training)."""
+def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | None = None) -> list[str]:
+    """What a run will do, in a few lines (printed before any training); ``workers`` as for :func:`worker_count`."""
     s, ref = cfg.search, cfg.reference
     c, h, w = data.input_shape
     if ref.arch is not None:
@@ -168,6 +202,7 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str) -> list[str]:
         ("storage", f"{mask_url(cfg.study.storage)} (study {cfg.study.name!r})"),
         ("artifacts", str(artifact_dir(cfg))),
         ("device", device),
+        ("workers", describe_workers(cfg, workers)),
     ]
     return [f"  {k:<10} {v}" for k, v in rows]
 
@@ -238,11 +273,14 @@ class Pipeline:
         return n_trials_for(s.generations, s.population_size, s.n_children)
 
 
-def assemble(cfg: RunConfig, *, worker: int = 0, echo: Callable[[str], None] | None = None) -> Pipeline:
+def assemble(
+    cfg: RunConfig, *, worker: int = 0, echo: Callable[[str], None] | None = None, workers: int | None = None
+) -> Pipeline:
     """Build the configured search for worker ``worker`` (data, reference, objective, sampler, study).
 
     Cheap checks come first, then the data; ``echo`` (e.g. ``print``) gets the
-    plan and the reference's training lines before anything is trained.
+    plan (for ``workers`` processes, see :func:`worker_count`) and the
+    reference's training lines before anything is trained.
     """
     check(cfg)
     device = device_for(cfg, worker)
@@ -250,7 +288,7 @@ def assemble(cfg: RunConfig, *, worker: int = 0, echo: Callable[[str], None] | N
     sampler = make_sampler(cfg, data)  # checks min_distance can be met
     if echo is not None:
         echo("plan:")
-        for line in plan(cfg, data, device):
+        for line in plan(cfg, data, device, workers=workers):
             echo(line)
     reference = make_reference(cfg, data, device=device, echo=echo)
     interrupt.check()

@@ -2,9 +2,10 @@
 
 The parent process prepares what every worker shares (dataset, trained
 reference, adversarial sets, reference gradients — all cached on disk), then
-spawns ``workers`` processes that optimise the same study in the same
-storage. Each worker takes one GPU round-robin when GPUs exist, CPU
-otherwise. The sampler stops every worker once all trials of the
+spawns ``workers`` processes (or ``workers_per_device`` on each device)
+that optimise the same study in the same storage. Each worker takes one GPU
+round-robin when GPUs exist, CPU otherwise
+(:func:`gmsearch.pipeline.device_for`). The sampler stops every worker once all trials of the
 ``generations`` generations have finished; failed trials are replaced, and
 the trials of dead workers are failed by the heartbeat and re-queued for the
 others.
@@ -191,8 +192,8 @@ def _spawned(cfg_dict: dict[str, Any], worker: int, workers: int) -> None:
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(levelname)s %(name)s: %(message)s")
     cfg = config.parse(cfg_dict)
-    if pipeline.device_for(cfg, worker) == "cpu":  # share the cores instead of oversubscribing them
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    # share the host's cores instead of oversubscribing them (GPU workers too: their host side runs there)
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
     with interrupt.stop_on_sigint():  # Ctrl-C reaches every process of the group
         try:
             run_worker(cfg, worker, show_progress_bar=False)
@@ -238,7 +239,10 @@ def run(
     cfg: RunConfig, *, workers: int | None = None, echo: Callable[[str], None] | None = None,
     show_progress_bar: bool = True,
 ) -> optuna.Study:
-    """Run the study of ``cfg`` with ``workers`` processes (default ``cfg.workers``) and return it.
+    """Run the study of ``cfg`` with ``workers`` processes and return it.
+
+    ``workers`` wins when given; else ``cfg.workers_per_device`` on each device
+    when set, else ``cfg.workers`` (:func:`gmsearch.pipeline.worker_count`).
 
     Cheap checks come first (nothing is written when one fails); ``echo`` gets
     the plan. With several workers, the parent prepares the shared caches and
@@ -246,7 +250,7 @@ def run(
     or CPU) and waits for them. Ctrl-C stops at a safe point: the interrupted
     children are re-queued and :class:`~gmsearch.errors.Interrupted` is raised.
     """
-    n = workers if workers is not None else cfg.workers
+    n = pipeline.worker_count(cfg, workers)
     if n < 1:
         raise UsageError(f"workers must be >= 1, got {n}")
     pipeline.check(cfg)
@@ -254,7 +258,7 @@ def run(
     if warning:
         logger.warning(warning)
     with interrupt.stop_on_sigint():
-        built = pipeline.assemble(cfg, echo=echo)  # with workers: warms the caches, creates the study
+        built = pipeline.assemble(cfg, echo=echo, workers=workers)  # with workers: warms the caches, creates the study
         if n == 1:
             warning = other_process_warning(built.study, cfg.study.storage)
             if warning:

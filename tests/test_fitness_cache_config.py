@@ -84,6 +84,14 @@ def test_config_defaults_and_validation(tmp_path: Path) -> None:
         config.parse({"search": {"mutations_per_child": [5, 4]}})
     with pytest.raises(config.ConfigError, match="device must be"):
         config.parse({"device": "tpu"})
+    assert cfg.workers == 1 and cfg.workers_per_device == 0
+    assert config.parse({"workers_per_device": 3}).workers_per_device == 3
+    with pytest.raises(config.ConfigError, match=r"\[top level\] workers_per_device must be >= 0, got -1"):
+        config.parse({"workers_per_device": -1})
+    with pytest.raises(config.ConfigError, match="workers_per_device must be an integer"):
+        config.parse({"workers_per_device": 1.5})
+    with pytest.raises(config.ConfigError, match="workers = 4 and workers_per_device = 2: set one of them"):
+        config.parse({"workers": 4, "workers_per_device": 2})
     bad = tmp_path / "bad.toml"
     bad.write_text("[search\n")
     with pytest.raises(config.ConfigError, match="not valid TOML"):

@@ -221,3 +221,104 @@ cache_dir = "{cache}"
     assert cli.main(["export", "--storage", f"sqlite:///{tmp_path / 'tiny.db'}", "--best",
                      "--out", str(tmp_path / "best")]) == 0
     assert (tmp_path / "best" / "weights.pt").is_file()
+
+
+# --- where workers run: workers_per_device, devices, worker_count (no training, no processes) -----
+
+
+@pytest.fixture
+def two_gpus(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend this machine has two CUDA GPUs."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+
+
+def _placement(cfg_values: dict[str, object], workers: int | None = None) -> list[str]:
+    from gmsearch import config, pipeline
+
+    cfg = config.parse(cfg_values)
+    return [pipeline.device_for(cfg, i) for i in range(pipeline.worker_count(cfg, workers))]
+
+
+@pytest.mark.usefixtures("two_gpus")
+def test_workers_per_device_places_k_workers_on_every_gpu() -> None:
+    from gmsearch import config, pipeline
+
+    cfg = config.parse({"workers_per_device": 3})
+    assert pipeline.devices(cfg) == ["cuda:0", "cuda:1"]
+    assert pipeline.worker_count(cfg) == 6
+    assert _placement({"workers_per_device": 3}) == ["cuda:0", "cuda:1"] * 3
+    assert pipeline.describe_workers(cfg) == "6 (3 per device on cuda:0, cuda:1)"
+    assert pipeline.worker_count(cfg, 2) == 2, "an explicit worker count wins"
+    assert pipeline.describe_workers(cfg, 2) == "2 (round-robin on cuda:0, cuda:1)"
+    # an explicit GPU: every worker on it
+    assert _placement({"device": "cuda:1", "workers_per_device": 3}) == ["cuda:1"] * 3
+    assert _placement({"device": "cuda:1", "workers": 4}) == ["cuda:1"] * 4
+    # "cuda" (and "auto") mean every GPU round-robin, not GPU 0 only
+    assert _placement({"device": "cuda", "workers": 4}) == ["cuda:0", "cuda:1"] * 2
+    assert _placement({"device": "auto", "workers": 3}) == ["cuda:0", "cuda:1", "cuda:0"]
+    assert _placement({"device": "cuda"}) == ["cuda:0"]
+    assert _placement({"device": "cpu", "workers_per_device": 2}) == ["cpu", "cpu"]
+
+
+def test_workers_per_device_without_cuda_runs_on_the_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from gmsearch import config, pipeline
+    from gmsearch.errors import EnvironmentProblem
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert _placement({"workers_per_device": 2}) == ["cpu", "cpu"]
+    assert pipeline.describe_workers(config.parse({"workers_per_device": 2})) == "2 (2 per device on cpu)"
+    assert _placement({}) == ["cpu"]
+    assert pipeline.describe_workers(config.parse({})) == "1 (this process)"
+    # "cuda" stays "cuda" on a machine without a GPU, so the device check names the problem
+    assert pipeline.devices(config.parse({"device": "cuda"})) == ["cuda"]
+    with pytest.raises(EnvironmentProblem, match="no CUDA GPU"):
+        pipeline.check_device(pipeline.device_for(config.parse({"device": "cuda"})))
+
+
+@pytest.mark.usefixtures("two_gpus")
+def test_run_spawns_workers_per_device_each_with_a_share_of_the_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``runner.run`` starts worker_count processes; each takes cpu_count // workers torch threads, GPU ones too."""
+    from gmsearch import config, runner
+
+    started: list[tuple[object, ...]] = []
+    plans: list[int | None] = []
+
+    class FakeProcess:
+        exitcode = 0
+
+        def __init__(self, target: object, args: tuple[object, ...]) -> None:
+            started.append(args)
+
+        def start(self) -> None:
+            pass
+
+        def join(self) -> None:
+            pass
+
+    class Context:
+        Process = FakeProcess
+
+    def assemble(cfg: object, *, echo: object = None, workers: int | None = None, worker: int = 0) -> object:
+        plans.append(workers)
+        return type("Built", (), {"study": None})()
+
+    monkeypatch.setattr(runner.pipeline, "check", lambda cfg: None)
+    monkeypatch.setattr(runner.pipeline, "assemble", assemble)
+    monkeypatch.setattr(runner.mp, "get_context", lambda method: Context())
+    cfg = config.parse({"workers_per_device": 3, "study": {"storage": "postgresql://u:p@h/db"}})
+    runner.run(cfg)
+    assert [(a[1], a[2]) for a in started] == [(i, 6) for i in range(6)]
+    assert plans == [None], "the plan says how the count came about (per device)"
+
+    threads: list[int] = []
+    monkeypatch.setattr(runner.torch, "set_num_threads", threads.append)
+    monkeypatch.setattr(runner, "run_worker", lambda *a, **k: None)
+    monkeypatch.setattr(runner.os, "cpu_count", lambda: 16)
+    for worker in (0, 1):  # cuda:0 and cuda:1
+        runner._spawned(started[worker][0], worker, 6)  # type: ignore[arg-type]
+    assert threads == [2, 2]
