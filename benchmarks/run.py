@@ -25,6 +25,7 @@ import torch
 
 from benchmarks import (
     bench_bookkeeping,
+    bench_children,
     bench_compile,
     bench_epoch,
     bench_gm,
@@ -44,6 +45,7 @@ BENCHMARKS = {
     "workers": bench_workers.run,
     "memory": bench_memory.run,
     "compile": bench_compile.run,
+    "children": bench_children.run,
 }
 
 

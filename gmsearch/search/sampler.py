@@ -59,13 +59,14 @@ The spectrum counts are set as int params so Optuna's param plots work.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import random
 import time
 import warnings
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
@@ -196,23 +197,29 @@ class _Census:
     settling: bool = False  # an earlier trial is being sampled by another worker right now
 
 
-def _requeue_pending(trial: FrozenTrial, retried: set[int], now: datetime) -> bool:
+def _requeue_pending(trial: FrozenTrial, retried: Callable[[], set[int]], now: datetime) -> bool:
     """A trial just failed by the heartbeat whose re-queued copy is not written yet.
 
     Optuna fails a stale trial, then re-queues it in a second step; counting the
     trial until then keeps other workers from filling its place twice.
+    ``retried()`` gives the trial numbers already re-queued (read only when needed).
     """
-    if trial.state != TrialState.FAIL or GENOME_KEY not in trial.system_attrs:
+    if trial.state != TrialState.FAIL or trial.datetime_complete is None:
         return False
-    if trial.system_attrs.get(TOLD_FAIL_KEY) or trial.number in retried or trial.datetime_complete is None:
-        return False  # failed by its own worker (never re-queued), or already re-queued
-    return (now - trial.datetime_complete).total_seconds() < REQUEUE_SECONDS
+    if (now - trial.datetime_complete).total_seconds() >= REQUEUE_SECONDS or GENOME_KEY not in trial.system_attrs:
+        return False
+    # failed by its own worker (never re-queued), or already re-queued
+    return not trial.system_attrs.get(TOLD_FAIL_KEY) and trial.number not in retried()
 
 
 def _census(trials: Sequence[FrozenTrial], me: int, population_size: int, now: datetime) -> _Census:
     census = _Census()
     later = waiting = 0
-    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
+    @functools.cache
+    def retried() -> set[int]:  # one pass over the study, only when a trial has just failed
+        return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+
     for t in sorted(trials, key=lambda t: t.number):
         if t.number == me or (t.state == TrialState.FAIL and not _requeue_pending(t, retried, now)):
             continue
