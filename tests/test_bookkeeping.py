@@ -196,3 +196,15 @@ def test_replay_study_is_cached_per_study_and_stays_exact() -> None:
             got, fresh = replay_study(study, study.trials, 3), replay(study.trials, 3, study.directions)
             assert [t.number for t in got.slots] == [t.number for t in fresh.slots]
             assert got.replaced == fresh.replaced
+
+
+def test_an_optuna_without_the_known_rdb_schema_gets_per_attribute_calls(study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gmsearch.search import writes
+
+    monkeypatch.setattr(writes, "_rdb_schema_known", lambda: False)
+    monkeypatch.setattr(writes, "_write_rdb", lambda *a, **k: pytest.fail("the RDB path ran"))
+    study = study_of("sqlite")
+    trial = study.ask()
+    write_trial(study._storage, trial._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS)
+    stored = study._storage.get_trial(trial._trial_id)
+    assert stored.user_attrs == USER and stored.params == {"n_conv": 4, "lr": 0.01}

@@ -19,6 +19,7 @@ trial's bookkeeping.
 
 from __future__ import annotations
 
+import functools
 import json
 import threading
 import weakref
@@ -66,7 +67,7 @@ def write_trial(
         return
     rdb = _rdb_of(storage)
     dialect = rdb.engine.name if rdb is not None else None
-    if rdb is None or dialect not in ("sqlite", "postgresql", "mysql"):
+    if rdb is None or dialect not in ("sqlite", "postgresql", "mysql") or not _rdb_schema_known():
         for name, (value, distribution) in params.items():
             storage.set_trial_param(trial_id, name, value, distribution)
         for key, value in user_attrs.items():
@@ -75,6 +76,18 @@ def write_trial(
             storage.set_trial_system_attr(trial_id, key, value)
         return
     _write_rdb(rdb, dialect, trial_id, user_attrs, system_attrs, params)
+
+
+@functools.cache
+def _rdb_schema_known() -> bool:
+    """Whether this Optuna has the RDB table models the one-transaction path writes (else: per-attribute calls)."""
+    try:
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session  # noqa: F401
+    except ImportError:
+        return False
+    names = ("TrialModel", "TrialParamModel", "TrialUserAttributeModel", "TrialSystemAttributeModel")
+    return all(hasattr(models, name) for name in names)
 
 
 def _upsert(dialect: str, model: Any, rows: list[dict[str, Any]]) -> Any:
