@@ -208,3 +208,13 @@ def test_an_optuna_without_the_known_rdb_schema_gets_per_attribute_calls(study_o
     write_trial(study._storage, trial._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS)
     stored = study._storage.get_trial(trial._trial_id)
     assert stored.user_attrs == USER and stored.params == {"n_conv": 4, "lr": 0.01}
+
+
+def test_a_read_only_sqlite_file_still_opens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GMSEARCH_SQLITE_WAL", "0")
+    path = tmp_path / "done.db"
+    gms.create_study(study_name="done", storage=f"sqlite:///{path}").optimize(lambda t: 1.0, n_trials=2)
+    monkeypatch.setenv("GMSEARCH_SQLITE_WAL", "1")  # WAL cannot be switched on without write access
+    storage = make_storage(f"sqlite:///file:{path}?mode=ro&uri=true", heartbeat_interval=None)
+    study = optuna.load_study(study_name="done", storage=storage)
+    assert [t.value for t in study.trials] == [1.0, 1.0]

@@ -227,7 +227,12 @@ def sqlite_wal_is_safe(url: str) -> bool:
 
 
 def _wal_pragmas(connection: Any, _record: Any) -> None:
-    connection.execute("PRAGMA journal_mode=WAL")
+    import sqlite3
+
+    try:
+        connection.execute("PRAGMA journal_mode=WAL")
+    except sqlite3.OperationalError:  # a read-only file (e.g. reported from a read-only copy): keep its mode
+        return
     connection.execute("PRAGMA synchronous=NORMAL")
 
 
