@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import functools
 import json
+import sqlite3
 import threading
 import weakref
 from collections.abc import Mapping
@@ -31,6 +32,8 @@ from optuna.storages import BaseStorage, RDBStorage
 
 __all__ = ["write_trial"]
 
+#: Dialects with a multi-row upsert (SQLite has one from 3.24).
+_UPSERT_DIALECTS = ("postgresql", "mysql") + (("sqlite",) if sqlite3.sqlite_version_info >= (3, 24, 0) else ())
 #: Distribution of each param name per study, once checked (a study's params never change kind).
 _checked: weakref.WeakKeyDictionary[RDBStorage, dict[tuple[int, str], str]] = weakref.WeakKeyDictionary()
 _lock = threading.Lock()
@@ -67,7 +70,7 @@ def write_trial(
         return
     rdb = _rdb_of(storage)
     dialect = rdb.engine.name if rdb is not None else None
-    if rdb is None or dialect not in ("sqlite", "postgresql", "mysql") or not _rdb_schema_known():
+    if rdb is None or dialect not in _UPSERT_DIALECTS or not _rdb_schema_known():
         for name, (value, distribution) in params.items():
             storage.set_trial_param(trial_id, name, value, distribution)
         for key, value in user_attrs.items():
