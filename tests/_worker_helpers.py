@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 
 import optuna
+from optuna.trial import FrozenTrial
 
 import gmsearch as gms
 from gmsearch import runner
@@ -52,3 +53,14 @@ def join_all(workers: list[mp.process.BaseProcess], timeout: float) -> None:
         if w.is_alive():
             w.kill()
             w.join()
+
+
+def wait_for(study: optuna.Study, found: Callable[[FrozenTrial], bool], what: str, timeout: float = 30) -> FrozenTrial:
+    """The first trial of ``study`` for which ``found`` holds, polled until ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        hits = [t for t in study.get_trials(deepcopy=False) if found(t)]
+        if hits:
+            return hits[0]
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")

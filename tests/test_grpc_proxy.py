@@ -22,16 +22,15 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import optuna
 import pytest
-from _worker_helpers import in_child, join_all, work_until_finished
+from _worker_helpers import in_child, join_all, wait_for, work_until_finished
 from optuna.storages import InMemoryStorage
 from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
@@ -225,16 +224,6 @@ def proxy() -> Iterator[str]:
         assert "gmsearch storage-server: serving postgresql+psycopg://gmsearch:***@" in out, out[-3000:]
 
 
-def _wait_for(study: optuna.Study, found: Callable[[FrozenTrial], bool], what: str, timeout: float = 60) -> FrozenTrial:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        hits = [t for t in study.get_trials(deepcopy=False) if found(t)]
-        if hits:
-            return hits[0]
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_eight_workers_through_the_proxy_one_killed_mid_trial(proxy: str) -> None:
     assert POSTGRES_URL is not None
     name = f"grpc-{uuid.uuid4().hex[:8]}"
@@ -247,12 +236,13 @@ def test_eight_workers_through_the_proxy_one_killed_mid_trial(proxy: str) -> Non
     # this process watches in PostgreSQL directly (no gRPC channel here: later tests fork)
     watcher = optuna.load_study(study_name=name, storage=make_storage(POSTGRES_URL, heartbeat_interval=None))
     try:
-        killed = _wait_for(
+        killed = wait_for(
             watcher, lambda t: t.state == TrialState.RUNNING and t.user_attrs.get("pid") == victim.pid
             and t.user_attrs.get(PARENT_KEY) is not None and BEAT_KEY in t.system_attrs, "the victim's first child",
+            timeout=60,
         )
-        _wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
-                  "a trial of the other workers")
+        wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
+                 "a trial of the other workers", timeout=60)
         os.kill(victim.pid, signal.SIGKILL)  # mid-trial, while the others are busy
         join_all([victim, *others], TIMEOUT)
         assert victim.exitcode == -signal.SIGKILL

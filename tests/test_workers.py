@@ -16,15 +16,14 @@ import os
 import shutil
 import signal
 import tempfile
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import optuna
 import pytest
-from _worker_helpers import in_child, join_all, work_until_finished
+from _worker_helpers import in_child, join_all, wait_for, work_until_finished
 from optuna.trial import FrozenTrial, TrialState
 
 import gmsearch as gms
@@ -135,27 +134,17 @@ def test_four_workers_finish_every_trial_once(url: str) -> None:
     assert len({t.user_attrs.get("pid") for t in trials if "pid" in t.user_attrs}) > 1, "work was shared"
 
 
-def _wait_for(study: optuna.Study, found: Callable[[FrozenTrial], bool], what: str) -> FrozenTrial:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        hits = [t for t in study.get_trials(deepcopy=False) if found(t)]
-        if hits:
-            return hits[0]
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def test_a_killed_worker_trial_is_failed_requeued_and_completed(url: str) -> None:
     # the victim runs the initial candidates quickly, then trains its first child "forever"
     name, (victim,) = _start(url, [0.05], child_seconds=60.0)
     watcher = _open(url, name)
-    killed = _wait_for(
+    killed = wait_for(
         watcher, lambda t: t.state == TrialState.RUNNING and t.user_attrs.get("pid") == victim.pid
         and t.user_attrs.get(PARENT_KEY) is not None, "the victim's first child",
     )
     others = [in_child(_work, url, name, 0.2) for _ in range(3)]
-    _wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
-              "a trial of the other workers")
+    wait_for(watcher, lambda t: t.state == TrialState.COMPLETE and t.user_attrs.get("pid") != victim.pid,
+             "a trial of the other workers")
     os.kill(victim.pid, signal.SIGKILL)  # mid-trial, while the others are busy
     join_all([victim, *others], TIMEOUT)
     assert victim.exitcode == -signal.SIGKILL

@@ -243,8 +243,8 @@ class NichePruner(BasePruner):
             return False  # not a gmsearch study: no population to compare with
         if GENOME_KEY not in trial.system_attrs:
             return False
-        others = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
-        rival = _closest(trial, replay_study(study, others, size, scale=scale).slots, scale)
+        # the study's trials hold this one RUNNING: only COMPLETE ones enter the replay
+        rival = _closest(trial, replay_study(study, study.get_trials(deepcopy=False), size, scale=scale).slots, scale)
         if rival is None:
             return False
         storage = study._storage

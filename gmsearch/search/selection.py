@@ -99,9 +99,12 @@ class _Replayer:
         return Replay(slots=list(self.slots), replaced=dict(self.replaced))
 
 
-def _events(trials: Sequence[FrozenTrial]) -> list[FrozenTrial]:
-    """The completed trials with values, in completion order."""
-    return sorted((t for t in trials if t.state == TrialState.COMPLETE and t.values), key=_completion_key)
+def _events(trials: Sequence[FrozenTrial], skip: set[int] | frozenset[int] = frozenset()) -> list[FrozenTrial]:
+    """The completed trials with values (but those numbered in ``skip``), in completion order."""
+    return sorted(
+        (t for t in trials if t.state == TrialState.COMPLETE and t.number not in skip and t.values),
+        key=_completion_key,
+    )
 
 
 def replay(
@@ -151,11 +154,7 @@ class IncrementalReplay:
         self, trials: Sequence[FrozenTrial], *, extra: tuple[FrozenTrial, Sequence[float]] | None = None
     ) -> Replay:
         """The replay of ``trials`` (``extra`` applied last without being remembered)."""
-        applied = self._applied
-        new = sorted(
-            (t for t in trials if t.state == TrialState.COMPLETE and t.number not in applied and t.values),
-            key=_completion_key,
-        )
+        new = _events(trials, skip=self._applied)
         if new and self._last is not None and _completion_key(new[0]) < self._last:
             self._state, self._applied, self._last = _Replayer(*self._settings), set(), None
             self.rebuilds += 1
