@@ -5,6 +5,7 @@ PostgreSQL cases run when GMSEARCH_TEST_POSTGRES_URL is set (see tests/test_stor
 
 from __future__ import annotations
 
+import math
 import os
 import random
 import sqlite3
@@ -54,6 +55,11 @@ def study_of(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):  # type: ignore[n
 USER = {"gmsearch:parent": 3, "gmsearch:generation": 2, "gmsearch:architecture": "conv 3x3 x16", "none": None}
 SYSTEM = {"gmsearch:genome": '{"blocks": []}', "nested": {"a": [1, 2.5, "x"]}}
 PARAMS = {"n_conv": (4.0, IntDistribution(0, 64)), "lr": (0.01, FloatDistribution(1e-4, 1.0, log=True))}
+STEPS = {1: 0.25, 2: math.nan, 3: math.inf, 4: -math.inf, 7: 0.5}
+
+
+def _curve(values: dict[int, float]) -> dict[int, str]:
+    return {step: repr(value) for step, value in values.items()}  # nan == nan
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -67,13 +73,20 @@ def test_one_transaction_stores_what_the_per_attribute_calls_store(kind: str, st
         storage.set_trial_user_attr(by_call._trial_id, key, value)
     for key, value in SYSTEM.items():
         storage.set_trial_system_attr(by_call._trial_id, key, value)
-    write_trial(storage, batched._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS)
+    for step, value in STEPS.items():
+        storage.set_trial_intermediate_value(by_call._trial_id, step, value)
+    write_trial(storage, batched._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS,
+                intermediate_values=STEPS)
     a, b = storage.get_trial(by_call._trial_id), storage.get_trial(batched._trial_id)
     assert (b.params, b.distributions, b.user_attrs) == (a.params, a.distributions, a.user_attrs)
     assert {k: b.system_attrs[k] for k in SYSTEM} == {k: a.system_attrs[k] for k in SYSTEM}
-    # an existing key is overwritten, as set_trial_user_attr does
-    write_trial(storage, batched._trial_id, user_attrs={"gmsearch:generation": 5})
-    assert storage.get_trial(batched._trial_id).user_attrs["gmsearch:generation"] == 5
+    assert _curve(b.intermediate_values) == _curve(a.intermediate_values) == _curve(STEPS)
+    # an existing key or step is overwritten, as set_trial_user_attr and set_trial_intermediate_value do
+    write_trial(storage, batched._trial_id, user_attrs={"gmsearch:generation": 5}, intermediate_values={2: 0.75})
+    storage.set_trial_intermediate_value(by_call._trial_id, 2, 0.75)
+    a, b = storage.get_trial(by_call._trial_id), storage.get_trial(batched._trial_id)
+    assert b.user_attrs["gmsearch:generation"] == 5
+    assert _curve(b.intermediate_values) == _curve(a.intermediate_values) == _curve({**STEPS, 2: 0.75})
     study.tell(batched, 1.0)
     assert study.trials[batched.number].params == {"n_conv": 4, "lr": 0.01}
 
@@ -218,3 +231,90 @@ def test_a_read_only_sqlite_file_still_opens(tmp_path: Path, monkeypatch: pytest
     storage = make_storage(f"sqlite:///file:{path}?mode=ro&uri=true", heartbeat_interval=None)
     study = optuna.load_study(study_name="done", storage=storage)
     assert [t.value for t in study.trials] == [1.0, 1.0]
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _count_writes(storage: optuna.storages.BaseStorage, monkeypatch: pytest.MonkeyPatch) -> list[dict[int, float]]:
+    """Every intermediate-value write that reaches ``storage``, batched or per step."""
+    from gmsearch.search import writes
+
+    seen: list[dict[int, float]] = []
+    real = writes.write_trial
+    batching = []
+
+    def counted(storage: optuna.storages.BaseStorage, trial_id: int, **kwargs: object) -> None:
+        if kwargs.get("intermediate_values"):
+            seen.append(dict(kwargs["intermediate_values"]))  # type: ignore[call-overload]
+        batching.append(True)
+        try:
+            real(storage, trial_id, **kwargs)  # type: ignore[arg-type]
+        finally:
+            batching.pop()
+
+    monkeypatch.setattr(writes, "write_trial", counted)
+    per_step = storage.set_trial_intermediate_value
+
+    def one(trial_id: int, step: int, value: float) -> None:
+        if not batching:  # write_trial's fallback on a storage without transactions counts as one write
+            seen.append({step: value})
+        per_step(trial_id, step, value)
+
+    monkeypatch.setattr(storage, "set_trial_intermediate_value", one)
+    return seen
+
+
+@pytest.mark.parametrize("kind", ["memory", "sqlite"])
+def test_epoch_reports_without_a_pruner_are_written_together(kind: str, study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gmsearch.search import writes
+
+    clock = _Clock()
+    monkeypatch.setattr(writes.time, "monotonic", clock)
+    study = study_of(kind)  # gmsearch's default pruner: NopPruner
+    trial = study.ask()
+    seen = _count_writes(study._storage, monkeypatch)
+    reports = writes.EpochReports(trial, flush_seconds=5.0)
+    assert reports.deferred
+    for epoch in (1, 2, 3):
+        clock.now += 1.0
+        reports(epoch, epoch / 10)
+    assert seen == [] and study._storage.get_trial(trial._trial_id).intermediate_values == {}
+    clock.now += 2.5  # 5.5 s since the start: the curve so far reaches the storage (the dashboard stays live)
+    reports(4, 0.4)
+    assert seen == [{1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}]
+    reports(5, 0.5)
+    reports(5, 0.9)  # Optuna keeps the first value of a step
+    assert reports.take() == {5: 0.5} and reports.take() == {}
+    assert len(seen) == 1, "take() hands the rest to the trial's final write"
+
+
+def test_epoch_reports_under_a_pruner_are_stored_and_checked_every_epoch(study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from gmsearch.search import writes
+
+    study = gms.create_study(storage=None, pruner=optuna.pruners.ThresholdPruner(lower=0.3))
+    trial = study.ask()
+    seen = _count_writes(study._storage, monkeypatch)
+    reports = writes.EpochReports(trial)
+    assert not reports.deferred
+    reports(1, 0.5)
+    assert seen == [{1: 0.5}], "a pruner decides on a stored value"
+    with pytest.raises(optuna.TrialPruned, match="epoch 2"):
+        reports(2, 0.2)
+    assert study._storage.get_trial(trial._trial_id).intermediate_values == {1: 0.5, 2: 0.2}
+    assert reports.take() == {}
+
+
+def test_epoch_reports_of_a_multi_objective_study_are_dropped() -> None:
+    from gmsearch.search import writes
+
+    study = optuna.create_study(directions=["maximize", "maximize"])
+    trial = study.ask()
+    reports = writes.EpochReports(trial)
+    reports(1, 0.5)
+    assert reports.take() == {} and study._storage.get_trial(trial._trial_id).intermediate_values == {}

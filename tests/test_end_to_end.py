@@ -101,3 +101,31 @@ def test_a_diverging_child_fails_alone(setup: tuple[gms.GMObjective, Path], monk
     failed, ok = study.get_trials()
     assert failed.state == TrialState.FAIL and "diverged" in failed.user_attrs[FAIL_REASON_KEY]
     assert ok.state == TrialState.COMPLETE
+
+
+def test_a_trial_stores_its_learning_curve_with_its_results(
+    setup: tuple[gms.GMObjective, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import copy
+
+    from gmsearch.search import writes
+
+    objective = copy.copy(setup[0])
+    objective.epochs = 3
+    writes_seen: list[dict[str, object]] = []
+    real = writes.write_trial
+
+    def counted(storage: optuna.storages.BaseStorage, trial_id: int, **kwargs: object) -> None:
+        writes_seen.append(kwargs)
+        real(storage, trial_id, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr("gmsearch.search.objective.write_trial", counted)
+    study = gms.create_study(study_name="curve", storage=f"sqlite:///{tmp_path / 'curve.db'}",
+                             sampler=gms.NicheEvolutionSampler(population_size=2, seed=3))
+    study.optimize(objective, n_trials=1)
+    (trial,) = study.get_trials()
+    assert trial.state == TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    assert trial.intermediate_values[3] == pytest.approx(trial.value), "the last epoch's fitness is the trial's"
+    (final,) = [w for w in writes_seen if w.get("intermediate_values")]
+    assert "clean_acc" in final["user_attrs"], "the curve is written with the results, in one transaction"  # type: ignore[operator]

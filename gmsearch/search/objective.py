@@ -44,7 +44,7 @@ from gmsearch.search.schema import (
     genome_of,
     trial_seed,
 )
-from gmsearch.search.writes import write_trial
+from gmsearch.search.writes import EpochReports, write_trial
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -175,20 +175,24 @@ class GMObjective:
         torch.manual_seed(trial_seed(self.seed, trial.number) % 2**63)
         net: nn.Module | None = None
         results: dict[str, Any] = {}  # written in one transaction when the trial ends
+        reports = EpochReports(trial)  # the learning curve: with the results, unless a pruner reads it sooner
         try:
             net = self.build(genome).to(self.device)
             results["params"] = count_params(net)
             if self.inherit and self._inherit(trial, net, store):
                 epochs = max(1, round(epochs * self.inherit_epochs))
             start = time.perf_counter()
-            train(
+            history = train(
                 net, self.data, reference=self.reference, lam=self.lam, epochs=epochs,
                 batch_size=self.batch_size, lr=self.lr, loss=self.loss, device=self.device,
-                seed=self.seed + trial.number, trial=trial, ref_grads=self.ref_grads,
+                seed=self.seed + trial.number, on_epoch=reports, ref_grads=self.ref_grads,
                 adversarial_val=self.adversarial_val, fitness=self.fitness,
-            )
-            clean = accuracy(net, self.data.val.x, self.data.val.y)
-            adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
+            ).history
+            if history:  # the last epoch measured the trained network (in eval mode) on both sets
+                clean, adv = history[-1]["val_acc"], history[-1]["val_adv_acc"]
+            else:
+                clean = accuracy(net, self.data.val.x, self.data.val.y)
+                adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
             results.update(clean_acc=clean, adv_acc=adv, epochs=epochs,
                            train_seconds=round(time.perf_counter() - start, 3))
             if store is not None:
@@ -207,7 +211,7 @@ class GMObjective:
             nan = float("nan")
             return tuple([nan] * self.n_objectives) if self.n_objectives > 1 else nan
         finally:
-            _store(trial, results)
+            _store(trial, results, reports.take())
             del net
             gc.collect()
             if self.device.type == "cuda":
@@ -239,10 +243,12 @@ class GMObjective:
         return load_trial_model(trial, self.artifact_store, self.data, device=self.device)
 
 
-def _store(trial: optuna.Trial, results: dict[str, Any]) -> None:
-    """The trial's results (or what it had when it stopped) as user attrs, in one transaction."""
+def _store(trial: optuna.Trial, results: dict[str, Any], intermediate_values: dict[int, float]) -> None:
+    """The trial's results (or what it had when it stopped) as user attrs, with the rest of its
+    learning curve, in one transaction."""
     try:
-        write_trial(trial.study._storage, trial._trial_id, user_attrs=results)
+        write_trial(trial.study._storage, trial._trial_id, user_attrs=results,
+                    intermediate_values=intermediate_values)
     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile: its retry trains it again
         logger.warning("trial %d was finished by another worker; its results are not stored", trial.number)
 

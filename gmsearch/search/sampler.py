@@ -346,11 +346,19 @@ class NicheEvolutionSampler(BaseSampler):
         self._seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
         self._independent = RandomSampler(seed=self._seed)
         self._synced: weakref.WeakKeyDictionary[BaseStorage, set[int]] = weakref.WeakKeyDictionary()
+        # genomes this process just stored, per (study, trial id), until the trial is told: the objective's
+        # genome_of needs no storage read
+        self._running: dict[tuple[str, int], Genome] = {}
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_synced"] = None  # weak references do not pickle
+        state["_running"] = {}
         return state
+
+    def running_genome(self, study: Study, trial_id: int) -> Genome | None:
+        """The genome this sampler stored on the running trial ``trial_id`` of ``study`` (None if another did)."""
+        return self._running.get((study.study_name, trial_id))
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
@@ -419,7 +427,9 @@ class NicheEvolutionSampler(BaseSampler):
         if heartbeat is not None:
             _record_heartbeat(storage, tid)  # from here on, a worker that dies leaves a stale trial
         if GENOME_KEY in trial.system_attrs:  # a re-queued trial keeps its genome and parent
-            _write(storage, trial, params=self._spectrum_params(trial, genome_of(trial)))
+            genome = genome_of(trial)
+            _write(storage, trial, params=self._spectrum_params(trial, genome))
+            self._running[(study.study_name, tid)] = genome
             return
         trials, census, marked = self._wait_for_a_place(study, trial, heartbeat)
         if census is None:
@@ -461,6 +471,7 @@ class NicheEvolutionSampler(BaseSampler):
         if marked:  # it waited as surplus, then took a vacancy
             system[SURPLUS_KEY] = False
         _write(storage, trial, user=user, system=system, params=self._spectrum_params(trial, genome))
+        self._running[(study.study_name, tid)] = genome
         # Optuna's heartbeat thread beats from the moment the objective starts
 
     def _wait_for_a_place(
@@ -514,6 +525,7 @@ class NicheEvolutionSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         # ``trial`` was just read from storage by Optuna's tell, which calls this only for a RUNNING trial
+        self._running.pop((study.study_name, trial._trial_id), None)
         self._independent.after_trial(study, trial, state, values)
         if trial.state.is_finished():
             return  # another worker failed it as stale (and re-queued it); Optuna reports that

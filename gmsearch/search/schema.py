@@ -39,7 +39,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import optuna
 import torch
@@ -107,6 +107,11 @@ def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
             already has all its generations); the objective stops at once.
         ValueError: the trial has no genome.
     """
+    if isinstance(trial, optuna.Trial):
+        sampled = getattr(trial.study.sampler, "running_genome", None)  # NicheEvolutionSampler of this process
+        genome = sampled(trial.study, trial._trial_id) if sampled is not None else None
+        if genome is not None:
+            return cast(Genome, genome)
     frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
     text = frozen.system_attrs.get(GENOME_KEY)
     if text is None:

@@ -168,7 +168,8 @@ def train_step(
     return torch.stack([total.detach(), ce.detach(), gm.detach()]).float()
 
 
-def _report(trial: optuna.Trial | None, value: float, epoch: int) -> None:
+def report_epoch(trial: optuna.Trial | None, value: float, epoch: int) -> None:
+    """``trial.report(value, epoch)``, then raise ``optuna.TrialPruned`` if the trial's pruner says so."""
     if trial is None or len(trial.study.directions) > 1:
         return  # Optuna has no intermediate values for multi-objective studies
     trial.report(value, epoch)
@@ -198,6 +199,7 @@ def train(
     amp: bool = False,
     log: Callable[[str], None] | None = None,
     what: str | None = None,
+    on_epoch: Callable[[int, float], None] | None = None,
 ) -> TrainResult:
     """Train ``net`` on ``data.train`` with ``CE + lam * GM`` (paper eq. 2).
 
@@ -227,6 +229,9 @@ def train(
             default: it measured no faster for small networks.
         log: Where the line of each epoch goes (default: this module's logger at INFO).
         what: Names the training in those lines.
+        on_epoch: Called with ``(epoch, value)`` after each epoch instead of
+            reporting to ``trial`` (e.g. :class:`gmsearch.search.EpochReports`,
+            which batches the writes); may raise ``optuna.TrialPruned``.
 
     Returns:
         A :class:`TrainResult` with per-epoch ``loss``, ``ce``, ``gm``,
@@ -245,6 +250,8 @@ def train(
     use_gm = lam != 0.0
     if use_gm and reference is None:
         raise ValueError("lam != 0 needs a reference network (pass reference=...)")
+    if trial is not None and on_epoch is not None:
+        raise ValueError("pass trial or on_epoch, not both (on_epoch replaces reporting to the trial)")
     losses.get(loss)  # unknown variant: clear error before any work
 
     dev = resolve_device(device)
@@ -290,7 +297,10 @@ def train(
         if fitness is not None and "val_adv_acc" in record:
             fit = fitness(record["val_acc"], record["val_adv_acc"])
             value = float(fit) if not isinstance(fit, tuple) else float(min(fit))
-        _report(trial, value, epoch)
+        if on_epoch is not None:
+            on_epoch(epoch, value)
+        else:
+            report_epoch(trial, value, epoch)
 
     try:
         return run_epochs(
