@@ -10,8 +10,10 @@ from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_tria
 from gmsearch.search.schema import genome_of
 from gmsearch.search.selection import lineage, population, ranked_population
 from gmsearch.search.study import create_study, load_study
+from gmsearch.search.writes import EpochReports
 
 __all__ = [
+    "EpochReports",
     "EpochSchedule",
     "GMObjective",
     "NicheEvolutionSampler",
