@@ -7,6 +7,9 @@ set is made once per search and not counted). Its time is measured per
 epoch and per evaluation, then projected:
 
 - children per hour at the paper's first-generation 20 epochs, one worker;
+- on CUDA, the same child with its training step captured in a CUDA graph
+  (``cuda_graph=True``): the epoch speed-up, and the capture's cost in
+  replayed steps against the steps of a 20-epoch child;
 - the paper-scale search (population 4, 2 children per candidate, 50
   generations, 20 epochs +5 every 10 generations: 12,080 child-epochs) on one
   worker, the issue's goal being 15 minutes on one H100-class GPU.
@@ -24,6 +27,7 @@ import copy
 import os
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -76,25 +80,54 @@ def run(ctx: Context) -> list[Line]:
     gms.train(copy.deepcopy(child), warm, reference=reference, ref_grads=ref_grads[: len(warm.train.y)], lam=1.0,
               epochs=1, device=ctx.device, seed=ctx.seed)
     sync(ctx.device)
-    t0 = time.perf_counter()
+
+    def epoch_seconds(**kwargs: Any) -> tuple[float, gms.TrainResult]:
+        """Seconds per epoch over the whole training split, and the training's result."""
+        t0 = time.perf_counter()
+        out = gms.train(copy.deepcopy(child), data, reference=reference, ref_grads=ref_grads, lam=1.0,
+                        epochs=epochs, device=ctx.device, seed=ctx.seed, **kwargs)
+        sync(ctx.device)
+        return (time.perf_counter() - t0) / epochs * full_train / len(data.train.y), out
+
+    per_epoch, _ = epoch_seconds()
     net = copy.deepcopy(child)
-    gms.train(net, data, reference=reference, ref_grads=ref_grads, lam=1.0, epochs=epochs, device=ctx.device,
-              seed=ctx.seed)
-    sync(ctx.device)
-    per_epoch = (time.perf_counter() - t0) / epochs * full_train / len(data.train.y)
     t0 = time.perf_counter()
     gms.accuracy(net, data.val.x, data.val.y)
     gms.accuracy(net, data.val.x, data.val.y)  # the adversarial set has the validation split's size
     sync(ctx.device)
     evaluation = time.perf_counter() - t0
-    child_seconds = 20 * per_epoch + evaluation
+    where = torch.cuda.get_device_name(ctx.device) if ctx.cuda else "CPU"
+    capture = 0.0
+    lines: list[Line] = []
+    if ctx.cuda:  # the same child with its step captured in a CUDA graph (capture counted once per child)
+        graphed_epoch, out = epoch_seconds(cuda_graph=True)
+        summary = out.cuda_graph or {}
+        if summary.get("failed") or summary.get("capture_seconds") is None:
+            log(f"children: CUDA graph not used ({summary.get('failed')})")
+        else:
+            capture = float(summary["capture_seconds"])
+            graphed_epoch -= capture / epochs
+            steps = -(-full_train // 128)
+            lines += [
+                Line(f"cuda_graph_epoch_speedup[hand_a GM epoch, {where}]",
+                     f"{per_epoch / graphed_epoch:.2f}x ({per_epoch:.2f} s eager, {graphed_epoch:.2f} s replayed)"),
+                Line("cuda_graph_capture_cost[one capture per child]",
+                     f"{capture:.3f} s = {capture / (graphed_epoch / steps):.0f} replayed steps of the "
+                     f"{20 * steps} steps of a 20-epoch child"),
+            ]
+            if graphed_epoch < per_epoch:
+                per_epoch = graphed_epoch
+                where += ", CUDA graph"
+            else:
+                capture = 0.0
+    child_seconds = capture + 20 * per_epoch + evaluation
     per_hour = 3600 / child_seconds
     n_children = POPULATION * (1 + CHILDREN * GENERATIONS)
-    search_minutes = (paper_child_epochs() * per_epoch + n_children * evaluation) / 60
+    search_minutes = (paper_child_epochs() * per_epoch + n_children * (evaluation + capture)) / 60
     log(f"children: {what}; GM epoch {per_epoch:.2f} s, evaluation {evaluation:.2f} s, "
         f"reference gradients once {ref_seconds:.2f} s")
-    where = torch.cuda.get_device_name(ctx.device) if ctx.cuda else "CPU"
     return [
+        *lines,
         Line(f"children_per_hour[reduced CIFAR-10, hand_a child, 20 epochs, 1 worker, {where}]",
              f"{per_hour:.1f} ({child_seconds:.1f} s per child: {per_epoch:.2f} s per GM epoch)"),
         at_most(f"paper_search_projected_minutes[{paper_child_epochs()} child-epochs, 1 worker, {where}]",

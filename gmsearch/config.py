@@ -29,6 +29,7 @@ Example ``study.toml``::
     loss = "cosine"            # GM variant (eq. 1)
     batch_size = 128           # paper
     lr = "default"             # Adam's PyTorch default (paper)
+    cuda_graph = false         # CUDA only: replay each child's step as a CUDA graph (experimental)
 
     [fitness]
     name = "min_clean_adv"     # eq. 4
@@ -101,6 +102,7 @@ class TrainingConfig:
     loss: str = "cosine"
     batch_size: int = 128
     lr: float | str = "default"
+    cuda_graph: bool = False
 
 
 @dataclass

@@ -84,6 +84,8 @@ class GMObjective:
             and trains ``inherit_epochs`` of its scheduled epochs. A departure from
             the paper (children train from scratch): off by default.
         inherit_epochs: Share of the scheduled epochs an inheriting child trains.
+        cuda_graph: On CUDA, capture each child's training step in a CUDA graph
+            (see :func:`gmsearch.train`); experimental, off by default.
     """
 
     def __init__(
@@ -106,6 +108,7 @@ class GMObjective:
         artifact_store: FileSystemArtifactStore | str | Path | None = "auto",
         inherit: bool = False,
         inherit_epochs: float = 0.5,
+        cuda_graph: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.data = data.to(self.device)
@@ -124,6 +127,7 @@ class GMObjective:
         if not 0.0 < inherit_epochs <= 1.0:
             raise ValueError(f"inherit_epochs must be in (0, 1], got {inherit_epochs}")
         self.inherit, self.inherit_epochs = inherit, inherit_epochs
+        self.cuda_graph = cuda_graph
         self._artifact_dir: Path | None = None  # recorded on the study at the first trial
         self._auto_store = artifact_store == "auto"
         if isinstance(artifact_store, str | Path) and not self._auto_store:
@@ -186,7 +190,7 @@ class GMObjective:
                 net, self.data, reference=self.reference, lam=self.lam, epochs=epochs,
                 batch_size=self.batch_size, lr=self.lr, loss=self.loss, device=self.device,
                 seed=self.seed + trial.number, on_epoch=reports, ref_grads=self.ref_grads,
-                adversarial_val=self.adversarial_val, fitness=self.fitness,
+                adversarial_val=self.adversarial_val, fitness=self.fitness, cuda_graph=self.cuda_graph,
             ).history
             if history:  # the last epoch measured the trained network (in eval mode) on both sets
                 clean, adv = history[-1]["val_acc"], history[-1]["val_adv_acc"]

@@ -39,6 +39,7 @@ from gmsearch import cache, interrupt
 from gmsearch.data._loaders import Dataset, Split
 from gmsearch.evaluation import accuracy
 from gmsearch.training import gm_loss as losses
+from gmsearch.training._graphs import GraphedStep
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,7 @@ class TrainResult:
     epochs: int
     history: list[dict[str, float]] = field(default_factory=list)
     seconds: float = 0.0
+    cuda_graph: dict[str, Any] | None = None  # with ``cuda_graph=True`` on CUDA: GraphedStep.summary()
 
     @property
     def final(self) -> dict[str, float]:
@@ -200,6 +202,7 @@ def train(
     log: Callable[[str], None] | None = None,
     what: str | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
+    cuda_graph: bool = False,
 ) -> TrainResult:
     """Train ``net`` on ``data.train`` with ``CE + lam * GM`` (paper eq. 2).
 
@@ -232,6 +235,11 @@ def train(
         on_epoch: Called with ``(epoch, value)`` after each epoch instead of
             reporting to ``trial`` (e.g. :class:`gmsearch.search.EpochReports`,
             which batches the writes); may raise ``optuna.TrialPruned``.
+        cuda_graph: On CUDA, capture the training step in a CUDA graph after
+            a few eager batches and replay it for every full batch (partial
+            batches run eagerly; see :mod:`gmsearch.training._graphs`).
+            Ignored on CPU, with ``augment`` and with ``amp``; a step that
+            cannot be captured trains eagerly.
 
     Returns:
         A :class:`TrainResult` with per-epoch ``loss``, ``ce``, ``gm``,
@@ -269,14 +277,23 @@ def train(
     if channels_last if channels_last is not None else dev.type == "cuda":
         net.to(memory_format=torch.channels_last)
         x_train = x_train.contiguous(memory_format=torch.channels_last)
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=amp and not use_gm and dev.type == "cuda")
+    use_amp = amp and not use_gm and dev.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp)
     params = [p for p in net.parameters() if p.requires_grad]
+    graph = cuda_graph and dev.type == "cuda" and augment is None and not use_amp
     adam: dict[str, Any] = {"fused": True} if dev.type == "cuda" else {}
+    if graph:
+        adam["capturable"] = True  # the step count stays on the device, so the update can be replayed
     if lr is not None:
         adam["lr"] = lr
     optimizer = torch.optim.Adam(params, **adam)
     x_adv_val = adversarial_val.x.to(dev) if adversarial_val is not None else None
     y_adv_val = adversarial_val.y.to(dev) if adversarial_val is not None else None
+
+    def one_step(xb: Tensor, yb: Tensor, gb: Tensor | None) -> Tensor:
+        return train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast)
+
+    run_step = GraphedStep(one_step, batch_size, params) if graph else one_step
 
     def step(xb: Tensor, yb: Tensor, idx: Tensor) -> Tensor:
         if augment is not None:
@@ -285,7 +302,7 @@ def train(
         if use_gm:
             assert reference is not None
             gb = losses.input_gradients(reference, xb, yb) if augment is not None else ref_grads[idx]  # type: ignore[index]
-        return train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast)
+        return run_step(xb, yb, gb)
 
     def measure(record: dict[str, float]) -> None:
         record["val_acc"] = accuracy(net, x_val, y_val)
@@ -303,11 +320,15 @@ def train(
             report_epoch(trial, value, epoch)
 
     try:
-        return run_epochs(
+        result = run_epochs(
             net, x_train, y_train, epochs=epochs, batch_size=batch_size, seed=seed, step=step,
             columns=("loss", "ce", "gm"), measure=measure, after_epoch=report, log=log,
             what=what or f"GM training (lam={lam})", hint=f"lower lam or the learning rate (loss={loss!r})",
         )
+        if isinstance(run_step, GraphedStep):
+            result.cuda_graph = run_step.summary()
+            logger.info("CUDA graph: %s", result.cuda_graph)
+        return result
     finally:
         release_memory(dev)  # this trial's activations go back to the system
 
