@@ -5,7 +5,9 @@ over host tensors with shuffling, each batch moved to the device, and a
 validation pass through a DataLoader with a ``.item()`` per batch. Both train
 the same network from the same initial weights for one epoch of plain
 cross-entropy (the loop machinery is what differs) and measure validation
-accuracy once.
+accuracy once. On CUDA also: ``gms.train`` with its step captured in a CUDA
+graph (``cuda_graph=True``, the capture counted), with bf16 autocast, and
+without ``channels_last``.
 """
 
 from __future__ import annotations
@@ -58,12 +60,18 @@ def _case(ctx: Context, label: str, data: Dataset, target: float) -> list[Line]:
                                                    amp=True)
         fns["gms.train_nchw"] = lambda: gms.train(copy.deepcopy(base), data, lam=0.0, epochs=1, device=ctx.device,
                                                    channels_last=False)
+        # the step captured in a CUDA graph (its capture, once per call, is inside the epoch's time)
+        fns["gms.train_graph"] = lambda: gms.train(copy.deepcopy(base), data, lam=0.0, epochs=1, device=ctx.device,
+                                                    cuda_graph=True)
     repeats = 3 if ctx.quick else 7
     t = interleaved(fns, device=ctx.device, repeats=repeats)
     log(f"epoch {label}: " + ", ".join(f"{k} {v * 1e3:.0f} ms" for k, v in t.items()))
     lines = [at_least(f"epoch_speedup_vs_dataloader[{label}]", t["dataloader"] / t["gms.train"], target,
                       note=f" ({t['gms.train'] * 1e3:.0f} vs {t['dataloader'] * 1e3:.0f} ms)")]
     if ctx.cuda:
+        lines.append(at_least(f"epoch_speedup_vs_dataloader[{label}, CUDA graph]",
+                              t["dataloader"] / t["gms.train_graph"], target,
+                              note=f" ({t['gms.train_graph'] * 1e3:.0f} vs {t['dataloader'] * 1e3:.0f} ms)"))
         lines.append(Line(f"epoch_bf16_autocast_vs_fp32[{label}]", f"{t['gms.train'] / t['gms.train_bf16']:.2f}x"))
         lines.append(Line(f"epoch_channels_last_vs_nchw[{label}]", f"{t['gms.train_nchw'] / t['gms.train']:.2f}x"))
         # bf16 changes the result only within noise? Same init, same batch order, 3 epochs each.

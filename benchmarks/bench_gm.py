@@ -11,12 +11,14 @@ Also shown: the same GM step with PyTorch's own double backward
 from __future__ import annotations
 
 import copy
+import functools
 
 import torch
 
 import gmsearch as gms
 from benchmarks.common import Context, Line, at_most, interleaved, log
 from gmsearch.training import gm_loss as losses
+from gmsearch.training._graphs import GraphedStep
 from gmsearch.training.loop import train_step
 
 TARGET = 2.2
@@ -43,6 +45,7 @@ def _case(ctx: Context, label: str, x: torch.Tensor, y: torch.Tensor, channels: 
         "gm": lambda: train_step(nets["gm"], opts["gm"], x, y, g),
         "gm_unfused": lambda: _gm_step(nets["gm_unfused"], opts["gm_unfused"], x, y, g, fused=False),
     }
+    graphed: dict[str, GraphedStep] = {}
     if ctx.cuda:  # what gms.train runs on CUDA: channels_last images and network
         cl = torch.channels_last
         x_cl, g_cl = x.contiguous(memory_format=cl), g.contiguous(memory_format=cl)
@@ -51,6 +54,14 @@ def _case(ctx: Context, label: str, x: torch.Tensor, y: torch.Tensor, channels: 
             opts[k] = torch.optim.Adam(nets[k].parameters(), fused=True)
         fns["ce_cl"] = lambda: train_step(nets["ce_cl"], opts["ce_cl"], x_cl, y, None)
         fns["gm_cl"] = lambda: train_step(nets["gm_cl"], opts["gm_cl"], x_cl, y, g_cl)
+        # the same steps captured in CUDA graphs (what gms.train(cuda_graph=True) replays)
+        for k in ("ce_graph", "gm_graph"):
+            nets[k] = copy.deepcopy(base).train().to(memory_format=cl)
+            opts[k] = torch.optim.Adam(nets[k].parameters(), fused=True, capturable=True)
+            graphed[k] = GraphedStep(functools.partial(train_step, nets[k], opts[k]), len(x),
+                                     list(nets[k].parameters()))
+        fns["ce_graph"] = lambda: graphed["ce_graph"](x_cl, y, None)
+        fns["gm_graph"] = lambda: graphed["gm_graph"](x_cl, y, g_cl)
     repeats, inner = (3, 2) if ctx.quick else (15, 3)
     if ctx.cuda:
         repeats, inner = 20, 10
@@ -73,6 +84,17 @@ def _case(ctx: Context, label: str, x: torch.Tensor, y: torch.Tensor, channels: 
                     note=f" ({t['gm_cl'] * 1e3:.2f} vs {t['ce_cl'] * 1e3:.2f} ms)"),
             Line(f"channels_last_vs_nchw[{label}]", f"ce {t['ce'] / t['ce_cl']:.2f}x, gm {t['gm'] / t['gm_cl']:.2f}x"),
         ]
+        if all(graphed[k].failed is None and graphed[k].replays for k in graphed):
+            extra += [
+                at_most(f"gm_step_vs_ce_cuda_graph[{label}]", t["gm_graph"] / t["ce_graph"], TARGET,
+                        note=f" ({t['gm_graph'] * 1e3:.2f} vs {t['ce_graph'] * 1e3:.2f} ms)"),
+                Line(f"cuda_graph_step_speedup[{label}]",
+                     f"gm {t['gm_cl'] / t['gm_graph']:.2f}x, ce {t['ce_cl'] / t['ce_graph']:.2f}x "
+                     f"(capture: gm {graphed['gm_graph'].capture_seconds:.3f} s, "
+                     f"ce {graphed['ce_graph'].capture_seconds:.3f} s)"),
+            ]
+        else:
+            log(f"gm step {label}: CUDA graph not used: " + ", ".join(f"{k} {v.failed}" for k, v in graphed.items()))
     return [
         at_most(f"gm_step_vs_ce[{label}]", t["gm"] / t["ce"], TARGET, note=f" ({ms})"),
         *extra,
