@@ -6,7 +6,8 @@ objective of fixed cost (a small CNN, one epoch on digits). Workers load
 everything from the cache, wait at a barrier, and the clock runs from the
 barrier until the last one finishes. Every worker runs the same number of
 children, so perfect scaling keeps the wall time constant. On CPU each worker
-gets one core (one torch thread); on CUDA all share one GPU, as
+gets one core (one torch thread); on CUDA all share one GPU with the host's cores split
+between them, as
 ``gmsearch run --workers-per-device K`` places K workers on each GPU.
 """
 
@@ -23,6 +24,7 @@ import torch
 
 from benchmarks import trials
 from benchmarks.common import Context, Line, log
+from gmsearch.runner import worker_threads
 
 
 def _worker(workdir: str, device: str, quick: bool, threads: int, n_trials: int, study_name: str,
@@ -41,8 +43,7 @@ def _worker(workdir: str, device: str, quick: bool, threads: int, n_trials: int,
 
 def _throughput(ctx: Context, workers: int, per_worker: int) -> float:
     """Children per hour with ``workers`` processes running ``per_worker`` children each."""
-    cores = os.cpu_count() or 1
-    threads = 1 if not ctx.cuda else max(1, min(4, cores // workers))
+    threads = 1 if not ctx.cuda else worker_threads(workers)  # on CUDA: as `gmsearch run` gives each worker
     name = f"workers-{workers}-{time.time_ns()}"
     trials.study(ctx.workdir / "workers.db", name)  # created once, before the workers race to it
     spawn = mp.get_context("spawn")

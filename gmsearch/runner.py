@@ -187,13 +187,18 @@ def run_worker(cfg: RunConfig, worker: int = 0, *, show_progress_bar: bool = Tru
     return study
 
 
+def worker_threads(workers: int) -> int:
+    """Torch threads for each of ``workers`` processes on this host: its cores shared, not oversubscribed
+    (GPU workers too: their host side runs there)."""
+    return max(1, (os.cpu_count() or 1) // workers)
+
+
 def _spawned(cfg_dict: dict[str, Any], worker: int, workers: int) -> None:
     from gmsearch import config
 
     logging.basicConfig(level=logging.INFO, format=f"[worker {worker}] %(levelname)s %(name)s: %(message)s")
     cfg = config.parse(cfg_dict)
-    # share the host's cores instead of oversubscribing them (GPU workers too: their host side runs there)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+    torch.set_num_threads(worker_threads(workers))
     with interrupt.stop_on_sigint():  # Ctrl-C reaches every process of the group
         try:
             run_worker(cfg, worker, show_progress_bar=False)
