@@ -6,9 +6,9 @@ objective of fixed cost (a small CNN, one epoch on digits). Workers load
 everything from the cache, wait at a barrier, and the clock runs from the
 barrier until the last one finishes. Every worker runs the same number of
 children, so perfect scaling keeps the wall time constant. On CPU each worker
-gets one core (one torch thread); on CUDA all share one GPU with the host's cores split
-between them, as
-``gmsearch run --workers-per-device K`` places K workers on each GPU.
+gets one core (one torch thread); on CUDA all share one GPU and split the
+host's cores, as ``gmsearch run --workers-per-device K`` places K workers on
+each GPU.
 """
 
 from __future__ import annotations
