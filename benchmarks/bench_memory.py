@@ -74,9 +74,9 @@ def _measure(workdir: str, device: str, quick: bool, threads: int, queue: Any) -
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         if not record["after"]:
             record["peak"] = (torch.cuda.max_memory_allocated() if cuda else _peak_rss()) - before
-        gc.collect()
+        # no gc.collect() here: what GMObjective leaves behind, cyclic garbage included, is counted
         held = torch.cuda.memory_reserved() if cuda else _rss()
-        release_memory(ctx.device)  # what GMObjective should call after each trial (gc + this)
+        release_memory(ctx.device)  # what GMObjective calls after each trial
         record["held"].append(held)
         record["after"].append(torch.cuda.memory_allocated() if cuda else _rss())
         with warnings.catch_warnings():

@@ -180,6 +180,7 @@ class GMObjective:
         net: nn.Module | None = None
         results: dict[str, Any] = {}  # written in one transaction when the trial ends
         reports = EpochReports(trial)  # the learning curve: with the results, unless a pruner reads it sooner
+        trained = False
         try:
             net = self.build(genome).to(self.device)
             results["params"] = count_params(net)
@@ -202,6 +203,7 @@ class GMObjective:
             if store is not None:
                 results[WEIGHTS_KEY] = self._save_weights(trial, net, genome)
             value = self.fitness(clean, adv)
+            trained = True
             return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
         except (Interrupted, KeyboardInterrupt):
             results[FAIL_REASON_KEY] = INTERRUPTED  # the runner re-queues it with its genome
@@ -217,7 +219,10 @@ class GMObjective:
         finally:
             _store(trial, results, reports.take())
             del net
-            gc.collect()
+            if not trained:
+                # an exception's frames can hold the network's tensors in reference cycles; a trained child's
+                # tensors are freed by reference counting (a full collection costs ~0.4 s in a big process)
+                gc.collect()
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
 
