@@ -137,7 +137,8 @@ def test_a_trained_child_leaves_no_tensors_for_the_garbage_collector(setup: tupl
     import gc
 
     objective, _ = setup
-    study = gms.create_study(study_name="gc", storage=None, sampler=gms.NicheEvolutionSampler(population_size=2, seed=4))
+    sampler = gms.NicheEvolutionSampler(population_size=2, seed=4)
+    study = gms.create_study(study_name="gc", storage=None, sampler=sampler)
 
     def live_tensors() -> int:
         return sum(1 for o in gc.get_objects() if isinstance(o, torch.Tensor))

@@ -66,6 +66,7 @@ class GraphedStep:
         self.replays = 0
         self.eager = 0
         self.failed: str | None = None
+        self._warmed = 0  # full batches run eagerly before the capture
         self._graph: torch.cuda.CUDAGraph | None = None
         self._stream: torch.cuda.Stream | None = None
         self._inputs: tuple[Tensor, Tensor, Tensor | None] | None = None
@@ -76,7 +77,8 @@ class GraphedStep:
         if len(x) != self.batch_size or self.failed is not None:
             return self._eager(x, y, ref_grad)
         if self._graph is None:
-            if self.eager < self.warmup:
+            if self._warmed < self.warmup:
+                self._warmed += 1
                 return self._eager(x, y, ref_grad, side_stream=True)
             if not self._capture(x, y, ref_grad):
                 return self._eager(x, y, ref_grad)
