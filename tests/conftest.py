@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import torch
+
+from gmsearch.data import Dataset, Split
 
 
 @pytest.fixture(scope="module")
@@ -22,3 +24,19 @@ def quick_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """``GMSEARCH_QUICK=1``: documented scripts and README examples shrink to seconds."""
     monkeypatch.setenv("GMSEARCH_QUICK", "1")
 
+
+
+@pytest.fixture
+def tiny_data() -> Callable[[int], Dataset]:
+    """``tiny_data(n_train)``: random 1x8x8 images of 4 classes (train, then 16 val and 16 test), seeded."""
+
+    def make(n_train: int) -> Dataset:
+        g = torch.Generator().manual_seed(0)
+
+        def split(n: int) -> Split:
+            return Split(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+
+        return Dataset(name="tiny", train=split(n_train), val=split(16), test=split(16), num_classes=4,
+                       class_names=("a", "b", "c", "d"))
+
+    return make

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 import torch
 
 import gmsearch as gms
-from gmsearch.data import Dataset, Split
+from gmsearch.data import Dataset
 from gmsearch.training import _graphs
 from gmsearch.training._graphs import GraphedStep
 
@@ -125,14 +125,8 @@ def test_every_batch_is_trained_once_in_order_warm_up_capture_replay_partial(
         assert not caplog.records
 
 
-def test_train_ignores_cuda_graph_on_cpu() -> None:
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> Split:
-        return Split(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
-
-    data = Dataset(name="tiny", train=split(40), val=split(16), test=split(16), num_classes=4,
-                   class_names=("a", "b", "c", "d"))
+def test_train_ignores_cuda_graph_on_cpu(tiny_data: Callable[[int], Dataset]) -> None:
+    data = tiny_data(40)
     ref = gms.build(gms.zoo.genome("hand_b"), 1, 4, 8).eval()
     nets = []
     for graph in (False, True):

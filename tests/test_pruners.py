@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ import torch
 from optuna.trial import FrozenTrial, TrialState, create_trial
 
 import gmsearch as gms
-from gmsearch.data import Dataset, Split
+from gmsearch.data import Dataset
 from gmsearch.registry import REGISTRIES
 from gmsearch.search import pruners
 from gmsearch.search.pruners import RIVAL_KEY, SHADOW_KEY, WOULD_PRUNE_KEY, NichePruner, shadow_report
@@ -254,14 +255,10 @@ def test_resume_after_a_pruned_trial_rebuilds_the_same_population(tmp_path: Path
     assert [t.number for t in gms.population(resumed)] == [t.number for t in gms.population(one_go)]
 
 
-def test_gms_train_stores_every_epoch_and_a_pruned_child_keeps_its_curve() -> None:
-    g = torch.Generator().manual_seed(0)
-
-    def split(n: int) -> Split:
-        return Split(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
-
-    data = Dataset(name="tiny", train=split(32), val=split(16), test=split(16), num_classes=4,
-                   class_names=("a", "b", "c", "d"))
+def test_gms_train_stores_every_epoch_and_a_pruned_child_keeps_its_curve(
+    tiny_data: Callable[[int], Dataset],
+) -> None:
+    data = tiny_data(32)
     epochs = 3
 
     def train_objective(trial: optuna.Trial) -> float:
