@@ -356,13 +356,13 @@ class NicheEvolutionSampler(BaseSampler):
         state["_running"] = {}
         return state
 
-    def running_genome(self, study: Study, trial_id: int) -> Genome | None:
-        """The genome this sampler stored on the running trial ``trial_id`` of ``study`` (None if another did)."""
-        return self._running.get((study.study_name, trial_id))
-
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self._synced = weakref.WeakKeyDictionary()
+
+    def running_genome(self, study: Study, trial_id: int) -> Genome | None:
+        """The genome this sampler stored on the running trial ``trial_id`` of ``study`` (None if another did)."""
+        return self._running.get((study.study_name, trial_id))
 
     # --- configuration kept on the study so every worker agrees -----------------
     def config(self) -> dict[str, Any]:

@@ -218,15 +218,13 @@ class EpochReports:
     def __init__(self, trial: optuna.Trial, *, flush_seconds: float = REPORT_FLUSH_SECONDS) -> None:
         self.trial = trial
         self.flush_seconds = flush_seconds
-        self.deferred = isinstance(trial.study.pruner, optuna.pruners.NopPruner)
-        self._off = len(trial.study.directions) > 1
+        # multi-objective: not deferred, and report_epoch reports nothing
+        self.deferred = isinstance(trial.study.pruner, optuna.pruners.NopPruner) and len(trial.study.directions) == 1
         self._pending: dict[int, float] = {}
         self._reported: set[int] = set()
         self._last_flush = time.monotonic()
 
     def __call__(self, epoch: int, value: float) -> None:
-        if self._off:
-            return
         if not self.deferred:
             report_epoch(self.trial, value, epoch)
             return
