@@ -13,7 +13,8 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch.search.sampler import PENDING_SECONDS, SPECTRUM_PARAMS, _census
+from gmsearch.search.census import PENDING_SECONDS, census_of
+from gmsearch.search.sampler import SPECTRUM_PARAMS
 from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY, TOLD_FAIL_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -295,25 +296,25 @@ def test_census_counts_trials_other_workers_are_still_sampling() -> None:
     now = datetime.now()
     # 0 and 1 initial; 2 being sampled right now (predicted initial, s=3); 3 a child; 4 being sampled (a child)
     trials = [_frozen(0), _frozen(1), _frozen(2, genome=False), _frozen(3, parent=0), _frozen(4, genome=False)]
-    census = _census(trials, 5, 3, now)
+    census = census_of(trials, 5, 3, now)
     assert census.n_initial == 3 and [t.number for t in census.earlier_children] == [3, 4] and census.settling
     # a trial without genome left by a worker that died long ago counts for nothing
     old = [_frozen(0), _frozen(1), _frozen(2, genome=False, age=PENDING_SECONDS + 1)]
-    assert _census(old, 3, 3, now).n_initial == 2
+    assert census_of(old, 3, 3, now).n_initial == 2
     # trial 2 (lower number) decides before trial 1 wrote its genome: 1 is predicted initial
-    assert _census([_frozen(0), _frozen(1, genome=False)], 2, 2, now).n_initial == 2
+    assert census_of([_frozen(0), _frozen(1, genome=False)], 2, 2, now).n_initial == 2
     # later-numbered re-queued children and earlier waiting surplus trials hold places too
     trials = [_frozen(0), _frozen(1), _frozen(2, parent=0), _frozen(3, genome=False, surplus=True),
               _frozen(9, TrialState.WAITING, parent=1)]
-    census = _census(trials, 5, 2, now)
+    census = census_of(trials, 5, 2, now)
     assert [t.number for t in census.earlier_children] == [2] and census.n_children == 3
     # a trial just failed by the heartbeat keeps its place until its re-queued copy exists
     failed = _frozen(2, TrialState.FAIL, parent=0)
-    assert _census([_frozen(0), _frozen(1), failed], 5, 2, now).n_children == 1
+    assert census_of([_frozen(0), _frozen(1), failed], 5, 2, now).n_children == 1
     requeued = _frozen(3, TrialState.WAITING, parent=0, system={"failed_trial": 2, "retry_history": [2]})
-    assert _census([_frozen(0), _frozen(1), failed, requeued], 5, 2, now).n_children == 1
+    assert census_of([_frozen(0), _frozen(1), failed, requeued], 5, 2, now).n_children == 1
     told = _frozen(2, TrialState.FAIL, parent=0, system={TOLD_FAIL_KEY: True})  # failed by its worker
-    assert _census([_frozen(0), _frozen(1), told], 5, 2, now).n_children == 0
+    assert census_of([_frozen(0), _frozen(1), told], 5, 2, now).n_children == 0
 
 
 def test_a_worker_with_other_mutation_operators_warns(caplog: pytest.LogCaptureFixture) -> None:

@@ -35,7 +35,7 @@ stale trials before each new trial and runs a beat thread around each
 objective call, :class:`~gmsearch.NicheEvolutionSampler` beats and fails
 stale trials while a surplus trial waits, and the runner knows it has a
 heartbeat. A trial failed this way is the "re-queue pending" FAIL trial of the
-sampler's census, exactly as with ``RDBStorage`` (see ``sampler._requeue_pending``).
+sampler's census, exactly as with ``RDBStorage`` (see :func:`gmsearch.search.census.requeue_pending`).
 """
 
 from __future__ import annotations

@@ -59,15 +59,14 @@ The spectrum counts are set as int params so Optuna's param plots work.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import random
 import time
 import warnings
 import weakref
-from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any
 
@@ -81,6 +80,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
+from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished
 from gmsearch.search.schema import (
     ARCH_KEY,
     EPOCHS_KEY,
@@ -100,13 +100,6 @@ from gmsearch.search.writes import write_trial
 
 logger = logging.getLogger(__name__)
 
-
-#: A RUNNING trial without a genome older than this was left by a worker that died while sampling.
-PENDING_SECONDS = 120.0
-#: How long a trial waits for earlier trials that other workers are sampling right now.
-SETTLE_SECONDS = 5.0
-#: How long a trial failed by the heartbeat (not by its worker) keeps its place while its re-queue is written.
-REQUEUE_SECONDS = 10.0
 
 SPECTRUM_PARAMS = ("n_conv", "n_pool", "n_sconv", "n_sum", "n_concat")
 SPECTRUM_MAX = 64
@@ -180,94 +173,6 @@ def _stop(study: Study) -> None:
         study.stop()
     except RuntimeError:  # ask-and-tell use, outside study.optimize: nothing to stop
         pass
-
-
-def _age(trial: FrozenTrial, now: datetime) -> float:
-    return (now - trial.datetime_start).total_seconds() if trial.datetime_start else 0.0
-
-
-@dataclass
-class _Census:
-    """How the other trials of a study count for the trial being sampled (``me``)."""
-
-    n_initial: int = 0  # live initial candidates, including ones still being sampled
-    initial: list[FrozenTrial] = field(default_factory=list)  # initial candidates with a genome, not failed
-    earlier_children: list[FrozenTrial] = field(default_factory=list)  # numbers < me, in number order
-    n_children: int = 0  # all live children, including later-numbered re-queued ones and earlier waiters
-    settling: bool = False  # an earlier trial is being sampled by another worker right now
-
-
-def _requeue_pending(trial: FrozenTrial, retried: Callable[[], set[int]], now: datetime) -> bool:
-    """A trial just failed by the heartbeat whose re-queued copy is not written yet.
-
-    Optuna fails a stale trial, then re-queues it in a second step; counting the
-    trial until then keeps other workers from filling its place twice.
-    ``retried()`` gives the trial numbers already re-queued (read only when needed).
-    """
-    if trial.state != TrialState.FAIL or trial.datetime_complete is None:
-        return False
-    if (now - trial.datetime_complete).total_seconds() >= REQUEUE_SECONDS or GENOME_KEY not in trial.system_attrs:
-        return False
-    # failed by its own worker (never re-queued), or already re-queued
-    return not trial.system_attrs.get(TOLD_FAIL_KEY) and trial.number not in retried()
-
-
-def _census(trials: Sequence[FrozenTrial], me: int, population_size: int, now: datetime) -> _Census:
-    census = _Census()
-    later = waiting = 0
-
-    @functools.cache
-    def retried() -> set[int]:  # one pass over the study, only when a trial has just failed
-        return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
-
-    for t in sorted(trials, key=lambda t: t.number):
-        if t.number == me or (t.state == TrialState.FAIL and not _requeue_pending(t, retried, now)):
-            continue
-        if GENOME_KEY in t.system_attrs:
-            if not is_child(t):
-                census.n_initial += 1
-                if t.state != TrialState.FAIL:
-                    census.initial.append(t)
-            elif t.number < me:
-                census.earlier_children.append(t)
-            else:
-                later += 1  # e.g. a dead worker's child, re-queued under a new number
-        elif t.number < me and t.state == TrialState.RUNNING:
-            if t.system_attrs.get(SURPLUS_KEY):
-                waiting += 1  # a surplus trial waiting for a vacancy goes first
-            elif _age(t, now) < PENDING_SECONDS:
-                # another worker is sampling it: count it as what it is about to become
-                census.settling = census.settling or _age(t, now) < SETTLE_SECONDS
-                if census.n_initial < population_size:
-                    census.n_initial += 1
-                else:
-                    census.earlier_children.append(t)
-    census.n_children = len(census.earlier_children) + later + waiting
-    return census
-
-
-def _finished(
-    trials: Sequence[FrozenTrial],
-    population_size: int,
-    n_planned_children: int,
-    *,
-    current: int | None = None,
-    current_state: TrialState | None = None,
-) -> bool:
-    """Whether every planned trial has finished (``current`` counted with ``current_state``)."""
-    done_initial = done_children = 0
-    for t in trials:
-        if GENOME_KEY not in t.system_attrs:
-            continue
-        state = current_state if t.number == current and current_state is not None else t.state
-        if state in (TrialState.RUNNING, TrialState.WAITING):
-            return False
-        if state in (TrialState.COMPLETE, TrialState.PRUNED):
-            if is_child(t):
-                done_children += 1
-            else:
-                done_initial += 1
-    return done_initial >= population_size and done_children >= n_planned_children
 
 
 class NicheEvolutionSampler(BaseSampler):
@@ -476,7 +381,7 @@ class NicheEvolutionSampler(BaseSampler):
 
     def _wait_for_a_place(
         self, study: Study, trial: FrozenTrial, heartbeat: int | None
-    ) -> tuple[list[FrozenTrial], _Census | None, bool]:
+    ) -> tuple[list[FrozenTrial], Census | None, bool]:
         """The study's trials, this trial's census (None: surplus) and whether it was marked surplus.
 
         Waits briefly for earlier trials that other workers are sampling right
@@ -490,7 +395,7 @@ class NicheEvolutionSampler(BaseSampler):
         beat = time.monotonic()
         while True:
             trials = study.get_trials(deepcopy=False)
-            census = _census(trials, trial.number, self.population_size, datetime.now())
+            census = census_of(trials, trial.number, self.population_size, datetime.now())
             if census.settling and time.monotonic() < settle_until:
                 time.sleep(0.02)
                 if heartbeat is not None and time.monotonic() - beat > poll:
@@ -502,7 +407,7 @@ class NicheEvolutionSampler(BaseSampler):
             if not marked:
                 _write(storage, trial, system={SURPLUS_KEY: True})
                 marked = True
-            if heartbeat is None or _finished(trials, self.population_size, n_planned):
+            if heartbeat is None or finished(trials, self.population_size, n_planned):
                 logger.info("trial %d is surplus: the study has all its generations; stopping", trial.number)
                 _stop(study)
                 return trials, None, marked
@@ -539,7 +444,7 @@ class NicheEvolutionSampler(BaseSampler):
             study._storage.set_trial_user_attr(trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number))
         if self.generations is not None:
             n_planned = self.population_size * self.generations * self.n_children
-            if _finished(trials, self.population_size, n_planned, current=trial.number, current_state=state):
+            if finished(trials, self.population_size, n_planned, current=trial.number, current_state=state):
                 _stop(study)
 
     def is_finished(self, study: Study) -> bool:
@@ -547,7 +452,7 @@ class NicheEvolutionSampler(BaseSampler):
         if self.generations is None:
             return False
         n_planned = self.population_size * self.generations * self.n_children
-        return _finished(study.get_trials(deepcopy=False), self.population_size, n_planned)
+        return finished(study.get_trials(deepcopy=False), self.population_size, n_planned)
 
 
 def n_trials_for(generations: int, population_size: int, n_children: int) -> int:
