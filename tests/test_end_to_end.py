@@ -12,7 +12,8 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch.quickstart import run_quickstart
-from gmsearch.search.schema import FAIL_REASON_KEY, WEIGHTS_KEY
+from gmsearch.search import schema
+from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, WEIGHTS_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -82,6 +83,38 @@ def test_trial_weights_reload_to_the_same_accuracy(setup: tuple[gms.GMObjective,
     net = gms.load_trial_model(trial, objective.artifact_store, objective.data)
     clean = gms.accuracy(net, objective.data.val.x, objective.data.val.y)
     assert clean == pytest.approx(trial.user_attrs["clean_acc"])
+
+
+def test_trial_weights_are_optuna_artifacts(setup: tuple[gms.GMObjective, Path], tmp_path: Path) -> None:
+    """The weights' artifact record, stored with the results, is the one Optuna's upload_artifact writes."""
+    objective, _ = setup
+    sampler = gms.NicheEvolutionSampler(population_size=2, seed=1)
+    study = gms.create_study(study_name="a", storage=f"sqlite:///{tmp_path / 'a.db'}", sampler=sampler)
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    (meta,) = optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+    assert meta.artifact_id == trial.user_attrs[WEIGHTS_KEY]
+    assert (meta.filename, meta.mimetype, meta.encoding) == ("trial-0-weights.pt", "application/octet-stream", None)
+    path = tmp_path / "w.pt"
+    optuna.artifacts.download_artifact(artifact_store=objective.artifact_store, artifact_id=meta.artifact_id,
+                                       file_path=str(path))
+    payload = torch.load(path, weights_only=True)
+    assert payload["genome"] == trial.system_attrs[GENOME_KEY] and payload["num_classes"] == 10
+
+    other = optuna.create_study()
+    same_name = tmp_path / "trial-0-weights.pt"
+    same_name.write_bytes(b"weights")
+    artifact_id = optuna.artifacts.upload_artifact(
+        artifact_store=objective.artifact_store, file_path=str(same_name), study_or_trial=other,
+        mimetype="application/octet-stream",
+    )
+    records = other._storage.get_study_system_attrs(other._study_id)
+    assert records == schema.artifact_record(artifact_id, "trial-0-weights.pt", mimetype="application/octet-stream")
+    optuna.artifacts.upload_artifact(artifact_store=objective.artifact_store, file_path=str(same_name),
+                                     study_or_trial=other)  # the MIME type guessed from the name, as Optuna does
+    records = other._storage.get_study_system_attrs(other._study_id)
+    (second,) = set(records) - set(schema.artifact_record(artifact_id, "x"))
+    assert {second: records[second]} == schema.artifact_record(second.split(":", 1)[1], "trial-0-weights.pt")
 
 
 def test_a_diverging_child_fails_alone(setup: tuple[gms.GMObjective, Path], monkeypatch: pytest.MonkeyPatch) -> None:

@@ -32,18 +32,23 @@ attrs :data:`DATA_KEY` (what rebuilds a network: input shape, classes),
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
+import io
+import json
 import logging
-import os
+import mimetypes
 import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import optuna
 import torch
-from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore, download_artifact
+from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE
 from optuna.trial import FrozenTrial
 from torch import nn
 
@@ -212,6 +217,46 @@ def open_artifact_store(folder: str | Path) -> FileSystemArtifactStore:
 # --------------------------------------------------------------------------- trained weights
 
 
+def artifact_record(artifact_id: str, filename: str, *, mimetype: str | None = None) -> dict[str, str]:
+    """The system attr by which Optuna lists an artifact of a trial or study (what ``upload_artifact``
+    writes), so it can be stored in the same transaction as other attrs."""
+    guessed, encoding = mimetypes.guess_type(filename)
+    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename,
+                        mimetype=mimetype or guessed or DEFAULT_MIME_TYPE, encoding=encoding)
+    return {ARTIFACTS_ATTR_PREFIX + artifact_id: json.dumps(dataclasses.asdict(meta))}
+
+
+def write_weights(
+    store: FileSystemArtifactStore,
+    net: nn.Module,
+    genome: Genome,
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    filename: str = "weights.pt",
+) -> tuple[str, dict[str, str]]:
+    """Write a network's weights with what rebuilds it to ``store`` as a new artifact.
+
+    Returns:
+        The artifact id, and its :func:`artifact_record` to store on the
+        owning trial or study (the file is written first, so a stored record
+        always has its file).
+    """
+    payload = {
+        "genome": genome.to_json(),
+        "state_dict": net.state_dict(),
+        "input_shape": [int(v) for v in input_shape],
+        "num_classes": int(num_classes),
+    }
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    buffer.seek(0)
+    artifact_id = str(uuid.uuid4())
+    store.write(artifact_id, buffer)
+    # a torch checkpoint: the system's MIME table may map .pt to something else
+    return artifact_id, artifact_record(artifact_id, filename, mimetype=DEFAULT_MIME_TYPE)
+
+
 def save_weights(
     store: FileSystemArtifactStore,
     owner: optuna.Trial | optuna.Study,
@@ -221,20 +266,14 @@ def save_weights(
     input_shape: Sequence[int],
     num_classes: int,
 ) -> str:
-    """Upload a network's weights with what rebuilds it; returns the artifact id."""
-    fd, tmp = tempfile.mkstemp(suffix=".pt", prefix="gmsearch-weights-")
-    os.close(fd)
-    try:
-        payload = {
-            "genome": genome.to_json(),
-            "state_dict": net.state_dict(),
-            "input_shape": [int(v) for v in input_shape],
-            "num_classes": int(num_classes),
-        }
-        torch.save(payload, tmp)
-        return upload_artifact(artifact_store=store, file_path=tmp, study_or_trial=owner)
-    finally:
-        os.unlink(tmp)
+    """Write a network's weights (:func:`write_weights`) and record them on ``owner``; returns the artifact id."""
+    artifact_id, record = write_weights(store, net, genome, input_shape=input_shape, num_classes=num_classes)
+    for key, value in record.items():
+        if isinstance(owner, optuna.Study):
+            owner._storage.set_study_system_attr(owner._study_id, key, value)
+        else:
+            owner.storage.set_trial_system_attr(owner._trial_id, key, value)
+    return artifact_id
 
 
 def load_weights(artifact_id: str, stores: Sequence[FileSystemArtifactStore | str | Path]) -> dict[str, Any]:
