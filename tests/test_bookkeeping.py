@@ -211,6 +211,66 @@ def test_replay_study_is_cached_per_study_and_stays_exact() -> None:
             assert got.replaced == fresh.replaced
 
 
+def _snapshots(n: int, seed: int) -> list[list[FrozenTrial]]:
+    """A growing study seen at successive moments: trials start in number order and finish in another
+    order (completed, pruned, failed by their worker, or failed by the heartbeat a moment ago)."""
+    rng = random.Random(seed)
+    genomes = [t.system_attrs[schema.GENOME_KEY] for t in _sampled(6)]
+    now = datetime.now()
+    finish = [rng.randrange(i + 1, i + 12) for i in range(n)]
+    ends = [rng.choice([TrialState.COMPLETE] * 6 + [TrialState.PRUNED, TrialState.FAIL]) for _ in range(n)]
+    recent = {i for i in range(n) if ends[i] == TrialState.FAIL and rng.random() < 0.5}  # within REQUEUE_SECONDS
+    values = [rng.random() for _ in range(n)]
+    parents = [rng.randrange(i) if i >= 3 else None for i in range(n)]
+    snapshots = []
+    for moment in range(0, n + 12, 3):
+        trials = []
+        for number in range(min(moment, n)):
+            state = ends[number] if moment >= finish[number] else TrialState.RUNNING
+            done = state.is_finished()
+            age = 2.0 if number in recent else 3600.0
+            system: dict[str, object] = {schema.GENOME_KEY: genomes[number % len(genomes)]}
+            if state == TrialState.FAIL and number % 3 == 0:
+                system[schema.TOLD_FAIL_KEY] = True
+            trials.append(FrozenTrial(
+                number=number, state=state, value=None,
+                values=[values[number]] if state == TrialState.COMPLETE else None,
+                datetime_start=now - timedelta(seconds=age + 60),
+                datetime_complete=now - timedelta(seconds=age) if done else None,
+                params={}, distributions={}, system_attrs=system, intermediate_values={},
+                user_attrs={schema.PARENT_KEY: parents[number]}, trial_id=number,
+            ))
+        snapshots.append(trials)
+    return snapshots
+
+
+def test_census_and_replay_read_only_the_unsettled_trials_and_stay_exact() -> None:
+    """A Settled prefix and the replay's scanned prefix skip the trials that finished for good; every
+    census, finished check and replay equals a full pass over the study."""
+    from gmsearch.search.census import Settled, census_of, finished
+
+    settled, incremental = Settled(), IncrementalReplay(3, [StudyDirection.MAXIMIZE], None)
+    prefixes = []
+    for trials in _snapshots(80, seed=3):
+        now = datetime.now()
+        running = [t.number for t in trials if t.state == TrialState.RUNNING]
+        for me in [len(trials), *running[:2]]:
+            assert census_of(trials, me, 3, now, settled) == census_of(trials, me, 3, now)
+        for current, state in [(None, None), *[(n, TrialState.COMPLETE) for n in running[:1]]]:
+            assert finished(trials, 3, 20, current=current, current_state=state, settled=settled) == \
+                finished(trials, 3, 20, current=current, current_state=state)
+        got, fresh = incremental.update(trials), replay(trials, 3, [StudyDirection.MAXIMIZE])
+        assert [t.number for t in got.slots] == [t.number for t in fresh.slots] and got.replaced == fresh.replaced
+        prefix, rest = settled.split(trials, now)
+        assert [t.number for t in rest] == list(range(prefix.n, len(trials)))
+        prefixes.append(prefix.n)
+    # the prefix grows as trials finish, stops at a trial that is running or failed a moment ago ...
+    assert prefixes == sorted(prefixes) and 0 < prefixes[len(prefixes) // 2] < prefixes[-1] < 80
+    # ... and a list that does not continue it (another study, fewer trials) is counted from scratch
+    short = _snapshots(80, seed=3)[3]
+    assert census_of(short, len(short), 3, now, settled) == census_of(short, len(short), 3, now)
+
+
 def test_an_optuna_without_the_known_rdb_schema_gets_per_attribute_calls(study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from gmsearch.search import writes
 

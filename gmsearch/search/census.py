@@ -6,15 +6,25 @@ Trials other workers are still sampling (RUNNING, no genome yet, younger
 than :data:`PENDING_SECONDS`) count as what they are about to become; a
 trial just failed by the heartbeat keeps its place until Optuna has
 re-queued it. See :mod:`gmsearch.search.sampler`.
+
+Both passes over a study (:func:`census_of`, :func:`finished`) are
+incremental with a :class:`Settled` (one per study and process, from
+:func:`settled_of`): the leading trials that have finished for good count
+the same in every later census, so they are counted once and each call
+reads only the trials after them.
 """
 
 from __future__ import annotations
 
 import functools
+import threading
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+import optuna
+from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.search.schema import GENOME_KEY, SURPLUS_KEY, TOLD_FAIL_KEY, is_child
@@ -57,15 +67,109 @@ def requeue_pending(trial: FrozenTrial, retried: Callable[[], set[int]], now: da
     return not trial.system_attrs.get(TOLD_FAIL_KEY) and trial.number not in retried()
 
 
-def census_of(trials: Sequence[FrozenTrial], me: int, population_size: int, now: datetime) -> Census:
-    census = Census()
+@dataclass
+class _Prefix:
+    """What trials ``0 .. n-1``, all finished for good, contribute to every later census."""
+
+    n: int = 0
+    n_initial: int = 0  # initial candidates with a genome, not failed
+    initial: list[FrozenTrial] = field(default_factory=list)
+    children: list[FrozenTrial] = field(default_factory=list)  # children with a genome, not failed, in number order
+    done_initial: int = 0  # COMPLETE or PRUNED, with a genome
+    done_children: int = 0
+
+
+def _settled(trial: FrozenTrial, now: datetime) -> bool:
+    """Whether ``trial`` counts the same in every census from now on (finished, no re-queue pending)."""
+    if trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if trial.state != TrialState.FAIL:
+        return False
+    complete = trial.datetime_complete
+    # within REQUEUE_SECONDS a failed trial may still count (requeue_pending); after it, never
+    return complete is None or GENOME_KEY not in trial.system_attrs or bool(trial.system_attrs.get(TOLD_FAIL_KEY)) \
+        or (now - complete).total_seconds() >= REQUEUE_SECONDS
+
+
+class Settled:
+    """The counted prefix of one study's trials (number order), extended as trials finish.
+
+    Trials are numbered from 0 without gaps, and a finished trial never
+    changes, so the longest run of leading trials that have finished for
+    good (:func:`_settled`) is counted once; :func:`census_of` and
+    :func:`finished` then read only the trials after it. A list that does
+    not match the prefix (another study, or fewer trials) is counted from
+    scratch, so results are always those of a full pass.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = _Prefix()
+        self._lock = threading.Lock()
+
+    def split(self, trials: Sequence[FrozenTrial], now: datetime) -> tuple[_Prefix, list[FrozenTrial]]:
+        """The prefix of ``trials`` (extended as far as it is settled) and the other trials, in number order."""
+        with self._lock:
+            p = self._prefix
+            ordered = trials if _numbered_from_zero(trials, p.n) else sorted(trials, key=lambda t: t.number)
+            if p.n and not _numbered_from_zero(ordered, p.n):
+                p = self._prefix = _Prefix()
+            while p.n < len(ordered) and ordered[p.n].number == p.n and _settled(ordered[p.n], now):
+                _count(p, ordered[p.n])
+                p.n += 1
+            snapshot = _Prefix(p.n, p.n_initial, list(p.initial), list(p.children), p.done_initial, p.done_children)
+            return snapshot, sorted(ordered[p.n:], key=lambda t: t.number)
+
+
+def _numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
+    """Whether the first ``n`` of ``trials`` are trials ``0 .. n-1`` in order (checked at the ends)."""
+    return len(trials) >= n and (n == 0 or (trials[0].number == 0 and trials[n - 1].number == n - 1))
+
+
+def _count(p: _Prefix, t: FrozenTrial) -> None:
+    if GENOME_KEY not in t.system_attrs:
+        return
+    child = is_child(t)
+    if t.state != TrialState.FAIL:
+        if child:
+            p.children.append(t)
+            p.done_children += 1
+        else:
+            p.n_initial += 1
+            p.initial.append(t)
+            p.done_initial += 1
+
+
+_settled_by_study: weakref.WeakKeyDictionary[BaseStorage, dict[int, Settled]] = weakref.WeakKeyDictionary()
+_settled_lock = threading.Lock()
+
+
+def settled_of(study: optuna.Study) -> Settled:
+    """The :class:`Settled` of ``study`` in this process (one per storage object and study)."""
+    with _settled_lock:
+        return _settled_by_study.setdefault(study._storage, {}).setdefault(study._study_id, Settled())
+
+
+def census_of(
+    trials: Sequence[FrozenTrial], me: int, population_size: int, now: datetime, settled: Settled | None = None
+) -> Census:
+    """How ``trials`` (a study's, any order) count for trial number ``me``.
+
+    With ``settled`` (the study's :class:`Settled`), only the trials after
+    its prefix are read; the result is the same.
+    """
+    prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
+    if settled is not None:
+        prefix, rest = settled.split(trials, now)
+        if me < prefix.n:  # only if another worker failed it meanwhile: count it as it is, in a full pass
+            prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
+    census = Census(n_initial=prefix.n_initial, initial=prefix.initial, earlier_children=prefix.children)
     later = waiting = 0
 
     @functools.cache
     def retried() -> set[int]:  # one pass over the study, only when a trial has just failed
         return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
-    for t in sorted(trials, key=lambda t: t.number):
+    for t in rest:
         if t.number == me or (t.state == TrialState.FAIL and not requeue_pending(t, retried, now)):
             continue
         if GENOME_KEY in t.system_attrs:
@@ -98,10 +202,19 @@ def finished(
     *,
     current: int | None = None,
     current_state: TrialState | None = None,
+    settled: Settled | None = None,
 ) -> bool:
-    """Whether every planned trial has finished (``current`` counted with ``current_state``)."""
-    done_initial = done_children = 0
-    for t in trials:
+    """Whether every planned trial has finished (``current`` counted with ``current_state``).
+
+    With ``settled`` (the study's :class:`Settled`), only the trials after its prefix are read.
+    """
+    prefix, rest = _Prefix(), list(trials)
+    if settled is not None:
+        prefix, rest = settled.split(trials, datetime.now())
+        if current is not None and current < prefix.n:  # ``current`` counts with ``current_state``: a full pass
+            prefix, rest = _Prefix(), list(trials)
+    done_initial, done_children = prefix.done_initial, prefix.done_children
+    for t in rest:
         if GENOME_KEY not in t.system_attrs:
             continue
         state = current_state if t.number == current and current_state is not None else t.state

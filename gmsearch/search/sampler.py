@@ -80,7 +80,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
-from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished
+from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished, settled_of
 from gmsearch.search.schema import (
     ARCH_KEY,
     EPOCHS_KEY,
@@ -395,7 +395,7 @@ class NicheEvolutionSampler(BaseSampler):
         beat = time.monotonic()
         while True:
             trials = study.get_trials(deepcopy=False)
-            census = census_of(trials, trial.number, self.population_size, datetime.now())
+            census = census_of(trials, trial.number, self.population_size, datetime.now(), settled_of(study))
             if census.settling and time.monotonic() < settle_until:
                 time.sleep(0.02)
                 if heartbeat is not None and time.monotonic() - beat > poll:
@@ -407,7 +407,7 @@ class NicheEvolutionSampler(BaseSampler):
             if not marked:
                 _write(storage, trial, system={SURPLUS_KEY: True})
                 marked = True
-            if heartbeat is None or finished(trials, self.population_size, n_planned):
+            if heartbeat is None or finished(trials, self.population_size, n_planned, settled=settled_of(study)):
                 logger.info("trial %d is surplus: the study has all its generations; stopping", trial.number)
                 _stop(study)
                 return trials, None, marked
@@ -444,7 +444,8 @@ class NicheEvolutionSampler(BaseSampler):
             study._storage.set_trial_user_attr(trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number))
         if self.generations is not None:
             n_planned = self.population_size * self.generations * self.n_children
-            if finished(trials, self.population_size, n_planned, current=trial.number, current_state=state):
+            if finished(trials, self.population_size, n_planned, current=trial.number, current_state=state,
+                        settled=settled_of(study)):
                 _stop(study)
 
     def is_finished(self, study: Study) -> bool:
@@ -452,7 +453,7 @@ class NicheEvolutionSampler(BaseSampler):
         if self.generations is None:
             return False
         n_planned = self.population_size * self.generations * self.n_children
-        return finished(study.get_trials(deepcopy=False), self.population_size, n_planned)
+        return finished(study.get_trials(deepcopy=False), self.population_size, n_planned, settled=settled_of(study))
 
 
 def n_trials_for(generations: int, population_size: int, n_children: int) -> int:

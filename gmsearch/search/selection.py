@@ -140,7 +140,8 @@ class IncrementalReplay:
     they all completed after the ones already applied (the usual case); a
     trial that completed earlier but is seen only now (another worker's
     clock, a slow commit) makes it replay from the start, so the result is
-    always exactly :func:`replay`'s.
+    always exactly :func:`replay`'s. The leading trials (number order) that
+    have finished are not read again: a finished trial never changes.
     """
 
     def __init__(self, population_size: int, directions: Sequence[StudyDirection], scale: Sequence[float] | None):
@@ -148,17 +149,25 @@ class IncrementalReplay:
         self._state = _Replayer(*self._settings)
         self._applied: set[int] = set()
         self._last: tuple[float, int] | None = None
+        self._scanned = 0  # trials 0 .. _scanned-1 are finished and were read: none of them can be new
         self.rebuilds = 0
 
     def update(
         self, trials: Sequence[FrozenTrial], *, extra: tuple[FrozenTrial, Sequence[float]] | None = None
     ) -> Replay:
         """The replay of ``trials`` (``extra`` applied last without being remembered)."""
-        new = _events(trials, skip=self._applied)
+        n = self._scanned
+        in_order = len(trials) >= n and (n == 0 or (trials[0].number == 0 and trials[n - 1].number == n - 1))
+        new = _events(trials[n:] if in_order else trials, skip=self._applied)
         if new and self._last is not None and _completion_key(new[0]) < self._last:
             self._state, self._applied, self._last = _Replayer(*self._settings), set(), None
             self.rebuilds += 1
             new = _events(trials)
+        if not in_order:
+            n = 0
+        while n < len(trials) and trials[n].number == n and trials[n].state.is_finished():
+            n += 1  # a finished trial never changes: the next update need not read it
+        self._scanned = n
         for t in new:
             self._state.apply(t, t.values)
             self._applied.add(t.number)
