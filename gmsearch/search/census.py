@@ -126,17 +126,16 @@ def _numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
 
 
 def _count(p: _Prefix, t: FrozenTrial) -> None:
-    if GENOME_KEY not in t.system_attrs:
+    """Add settled trial ``t`` to the prefix (a failed one, or one without a genome, counts for nothing)."""
+    if GENOME_KEY not in t.system_attrs or t.state == TrialState.FAIL:
         return
-    child = is_child(t)
-    if t.state != TrialState.FAIL:
-        if child:
-            p.children.append(t)
-            p.done_children += 1
-        else:
-            p.n_initial += 1
-            p.initial.append(t)
-            p.done_initial += 1
+    if is_child(t):
+        p.children.append(t)
+        p.done_children += 1
+    else:
+        p.n_initial += 1
+        p.initial.append(t)
+        p.done_initial += 1
 
 
 _settled_by_study: weakref.WeakKeyDictionary[BaseStorage, dict[int, Settled]] = weakref.WeakKeyDictionary()
@@ -157,11 +156,9 @@ def census_of(
     With ``settled`` (the study's :class:`Settled`), only the trials after
     its prefix are read; the result is the same.
     """
-    prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
-    if settled is not None:
-        prefix, rest = settled.split(trials, now)
-        if me < prefix.n:  # only if another worker failed it meanwhile: count it as it is, in a full pass
-            prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
+    prefix, rest = settled.split(trials, now) if settled is not None else (_Prefix(), [])
+    if settled is None or me < prefix.n:  # me settled: another worker failed it meanwhile; count it as it is
+        prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
     census = Census(n_initial=prefix.n_initial, initial=prefix.initial, earlier_children=prefix.children)
     later = waiting = 0
 
