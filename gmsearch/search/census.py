@@ -110,8 +110,8 @@ class Settled:
         """The prefix of ``trials`` (extended as far as it is settled) and the other trials, in number order."""
         with self._lock:
             p = self._prefix
-            ordered = trials if _numbered_from_zero(trials, p.n) else sorted(trials, key=lambda t: t.number)
-            if p.n and not _numbered_from_zero(ordered, p.n):
+            ordered = trials if numbered_from_zero(trials, p.n) else sorted(trials, key=lambda t: t.number)
+            if p.n and not numbered_from_zero(ordered, p.n):
                 p = self._prefix = _Prefix()
             while p.n < len(ordered) and ordered[p.n].number == p.n and _settled(ordered[p.n], now):
                 _count(p, ordered[p.n])
@@ -120,8 +120,9 @@ class Settled:
             return snapshot, sorted(ordered[p.n:], key=lambda t: t.number)
 
 
-def _numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
-    """Whether the first ``n`` of ``trials`` are trials ``0 .. n-1`` in order (checked at the ends)."""
+def numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
+    """Whether the first ``n`` of ``trials`` are trials ``0 .. n-1`` in order (checked at the ends: a study's
+    trials are numbered without gaps, and Optuna lists them in number order)."""
     return len(trials) >= n and (n == 0 or (trials[0].number == 0 and trials[n - 1].number == n - 1))
 
 

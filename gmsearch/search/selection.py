@@ -22,6 +22,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome, spectrum_distance
+from gmsearch.search.census import numbered_from_zero
 from gmsearch.search.schema import (
     ADV_ACC,
     ARCH_KEY,
@@ -157,7 +158,7 @@ class IncrementalReplay:
     ) -> Replay:
         """The replay of ``trials`` (``extra`` applied last without being remembered)."""
         n = self._scanned
-        in_order = len(trials) >= n and (n == 0 or (trials[0].number == 0 and trials[n - 1].number == n - 1))
+        in_order = numbered_from_zero(trials, n)
         new = _events(trials[n:] if in_order else trials, skip=self._applied)
         if new and self._last is not None and _completion_key(new[0]) < self._last:
             self._state, self._applied, self._last = _Replayer(*self._settings), set(), None
