@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -161,10 +161,22 @@ def load_data(cfg: RunConfig, *, device: str | torch.device | None = None) -> da
     return data.to(device) if device is not None else data
 
 
-def attack_params(cfg: RunConfig, in_channels: int) -> dict[str, Any]:
-    """The attack's full parameters: the dataset kind's default budget under ``[attack] params``."""
-    defaults = attacks.default_budget(cfg.attack.name, in_channels=in_channels)
-    return attacks.create(cfg.attack.name, **{**defaults, **cfg.attack.params}).params()
+def attack_params(
+    cfg: RunConfig, input_shape: tuple[int, int, int], *, name: str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An attack's full parameters: the default budget of the images' kind and size under the overrides.
+
+    The one budget resolver (``gmsearch run``, the quickstart and the paper
+    scripts). ``name`` defaults to ``[attack] name``; ``overrides`` default to
+    ``[attack] params`` for the configured attack and to none for another.
+    """
+    name = cfg.attack.name if name is None else name
+    if overrides is None:
+        overrides = cfg.attack.params if name == cfg.attack.name else {}
+    c, h, w = input_shape
+    defaults = attacks.default_budget(name, in_channels=c, image_size=(h, w))
+    return attacks.create(name, **{**defaults, **overrides}).params()
 
 
 def make_reference(
@@ -188,7 +200,7 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | 
         file = references.cached_file(ref.name, data, epochs=ref.epochs, seed=cfg.seed, cache_dir=cache_dir(cfg))
         state = f"cached in {file}" if file is not None else "not cached: it trains now"
         reference = f"{ref.name}, {ref.epochs} epochs ({state})"
-    attack = attacks.create(cfg.attack.name, **attack_params(cfg, c)).describe()
+    attack = attacks.create(cfg.attack.name, **attack_params(cfg, data.input_shape)).describe()
     schedule = f"{s.epochs} epochs per child" + (f" (+{s.epochs_step} every {s.epochs_every} generations)"
                                                  if s.epochs_step else "")
     rows = [
@@ -212,7 +224,7 @@ def make_objective(
 ) -> GMObjective:
     """The GM objective with the resolved attack (adversarial sets and reference gradients cached)."""
     return GMObjective(
-        data, reference=reference, attack=cfg.attack.name, attack_params=attack_params(cfg, data.input_shape[0]),
+        data, reference=reference, attack=cfg.attack.name, attack_params=attack_params(cfg, data.input_shape),
         lam=cfg.training.lam, loss=cfg.training.loss, fitness=cfg.fitness.name, fitness_params=cfg.fitness.params,
         epochs=cfg.search.epochs, batch_size=cfg.training.batch_size, lr=cfg.learning_rate, device=device,
         cache_dir=cache_dir(cfg), seed=cfg.seed, artifact_store=artifact_dir(cfg),

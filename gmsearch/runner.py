@@ -26,16 +26,16 @@ from typing import Any
 import optuna
 import torch
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import is_heartbeat_enabled
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch import interrupt, pipeline
 from gmsearch.config import RunConfig
 from gmsearch.errors import Interrupted, UsageError
+from gmsearch.search._optuna_private import OPTIMIZE_LOGGER, is_heartbeat_enabled, storage_of
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED
+from gmsearch.search.study import RequeueTrial
 
 logger = logging.getLogger(__name__)
 
@@ -47,24 +47,37 @@ def build(cfg: RunConfig, *, worker: int = 0) -> tuple[optuna.Study, GMObjective
 
 
 class _Progress:
-    """Callback: stop a worker whose last ``limit`` trials all failed; note whether a round did any work."""
+    """Callback: stop a worker whose last ``limit`` trials all failed, or that has finished no trial and whose
+    last ``same_reason`` trials failed for one reason (a bad plugin: the next would too); note whether a round
+    did any work."""
 
-    def __init__(self, limit: int = 25) -> None:
-        self.limit = limit
+    def __init__(self, limit: int = 25, same_reason: int = 3) -> None:
+        self.limit, self.same_reason = limit, same_reason
         self.failures = 0
+        self.reasons: list[str] = []  # of the failures in a row
+        self.completed = False  # this worker has finished a trial
         self.tripped = False
         self.worked = False  # a trial other than a surplus one ran in this round
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
         self.worked = self.worked or GENOME_KEY in trial.system_attrs
-        self.failures = self.failures + 1 if trial.state == TrialState.FAIL else 0
+        self.completed = self.completed or trial.state == TrialState.COMPLETE
+        failed = trial.state == TrialState.FAIL
+        self.failures = self.failures + 1 if failed else 0
+        reason = trial.user_attrs.get(FAIL_REASON_KEY) if failed else None
+        self.reasons = [*self.reasons, str(reason)] if reason not in (None, INTERRUPTED) else []
         if self.failures >= self.limit:
             logger.error(
                 "the last %d trials of this worker failed (see the user attr %s); stopping it",
                 self.failures, FAIL_REASON_KEY,
             )
-            self.tripped = True
-            study.stop()
+        elif not self.completed and len(self.reasons) >= self.same_reason and len(set(self.reasons)) == 1:
+            logger.error("this worker has finished no trial and its last %d failed for one reason (%s); stopping it",
+                         len(self.reasons), reason)
+        else:
+            return
+        self.tripped = True
+        study.stop()
 
 
 class _DropFailureLines(logging.Filter):
@@ -78,7 +91,7 @@ class _DropFailureLines(logging.Filter):
 
 @contextmanager
 def _quiet_optuna_failures() -> Iterator[None]:
-    optuna_logger = logging.getLogger("optuna.study._optimize")
+    optuna_logger = logging.getLogger(OPTIMIZE_LOGGER)
     drop = _DropFailureLines()
     optuna_logger.addFilter(drop)
     try:
@@ -88,18 +101,21 @@ def _quiet_optuna_failures() -> Iterator[None]:
 
 
 def requeue_interrupted(study: optuna.Study) -> list[int]:
-    """Re-queue every child stopped by Ctrl-C (not yet retried) with its genome and parent; their numbers."""
+    """Re-queue every trial stopped by Ctrl-C (not yet retried) with its genome and parent; their numbers.
+
+    The interrupted trial stays in the study as FAIL (reason ``interrupted``);
+    its WAITING copy starts without that outcome (:class:`~gmsearch.search.study.RequeueTrial`).
+    """
     trials = study.get_trials(deepcopy=False)
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
     again = [
         t for t in trials
-        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON_KEY) == INTERRUPTED and t.number not in retried
+        if t.state == TrialState.FAIL and t.user_attrs.get(FAIL_REASON_KEY) == INTERRUPTED
+        and GENOME_KEY in t.system_attrs and t.number not in retried
     ]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        requeue = RetryHeartbeatStaleTrialCallback(max_retry=None)  # copies genome, parent and params
-        for trial in again:
-            requeue(study, trial)
+    requeue = RequeueTrial(max_retry=None)  # copies genome, parent and params
+    for trial in again:
+        requeue(study, trial)
     return [t.number for t in again]
 
 
@@ -126,6 +142,7 @@ def optimize_until_finished(
     *,
     show_progress_bar: bool = False,
     max_consecutive_failures: int = 25,
+    callbacks: Sequence[Callable[[optuna.Study, FrozenTrial], None]] = (),
 ) -> bool:
     """One worker: optimise ``study`` until every trial of its sampler's generations has finished.
 
@@ -142,6 +159,7 @@ def optimize_until_finished(
         objective: The objective, e.g. a :class:`~gmsearch.GMObjective`.
         show_progress_bar: Optuna's progress bar.
         max_consecutive_failures: Stop after this many failed trials in a row.
+        callbacks: More of Optuna's ``study.optimize`` callbacks (e.g. a progress line per trial).
 
     Returns:
         Whether the study has all its trials.
@@ -151,7 +169,7 @@ def optimize_until_finished(
         raise ValueError("optimize_until_finished needs a NicheEvolutionSampler with generations set")
     total = n_trials_for(sampler.generations, sampler.population_size, sampler.n_children)
     progress = _Progress(max_consecutive_failures)
-    heartbeat = is_heartbeat_enabled(study._storage)
+    heartbeat = is_heartbeat_enabled(storage_of(study))
     while not sampler.is_finished(study) and not progress.tripped:
         interrupt.check()
         progress.worked = False
@@ -160,7 +178,7 @@ def optimize_until_finished(
             # the sampler stops the loop once the generations are done (with other workers too)
             with _quiet_optuna_failures():
                 study.optimize(
-                    objective, n_trials=remaining, callbacks=[progress], show_progress_bar=show_progress_bar
+                    objective, n_trials=remaining, callbacks=[progress, *callbacks], show_progress_bar=show_progress_bar
                 )
         except UpdateFinishedTrialError as exc:
             logger.warning("%s: another worker failed it as stale and re-queued it; going on", exc)
@@ -208,7 +226,7 @@ def _spawned(cfg_dict: dict[str, Any], worker: int, workers: int) -> None:
 
 def other_process_warning(study: optuna.Study, storage: str) -> str | None:
     """A warning when another live process already works on ``study`` in SQLite storage (None: none does)."""
-    if not storage.startswith("sqlite") or not is_heartbeat_enabled(study._storage):
+    if not storage.startswith("sqlite") or not is_heartbeat_enabled(storage_of(study)):
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)

@@ -196,6 +196,23 @@ def test_defaults_follow_design() -> None:
         attacks.default_budget("nope", in_channels=1)
 
 
+def test_one_budget_resolver_for_runs_and_paper_scripts() -> None:
+    """`gmsearch run` and the paper scripts resolve a budget the same way: L2 scaled to the image size."""
+    from gmsearch import config, pipeline
+
+    l2 = attacks.default_budget("pgd_l2", in_channels=1, image_size=(16, 16))
+    assert l2["eps"] == pytest.approx(round(2.0 * 16 / 28, 4)) and l2["alpha"] == pytest.approx(round(0.5 * 16 / 28, 4))
+    assert attacks.default_budget("pgd_l2", in_channels=3, image_size=(32, 32))["eps"] == 0.5
+    assert attacks.default_budget("pgd_l2", in_channels=1)["eps"] == 2.0  # no size given: unscaled
+    cfg = config.parse({"attack": {"name": "pgd_l2"}})
+    assert pipeline.attack_params(cfg, (1, 16, 16))["eps"] == l2["eps"]
+    assert pipeline.attack_params(cfg, (1, 16, 16), overrides={"eps": 1.0})["eps"] == 1.0
+    # another attack than the configured one gets its own default, not [attack] params
+    cfg = config.parse({"attack": {"name": "pgd_linf", "params": {"eps": 0.1}}})
+    assert pipeline.attack_params(cfg, (1, 16, 16))["eps"] == 0.1
+    assert pipeline.attack_params(cfg, (1, 16, 16), name="fgsm")["eps"] == 0.2
+
+
 def test_describe_and_params() -> None:
     atk = attacks.create("pgd_linf", eps=0.2, alpha=0.05, steps=10, random_start=False, batch_size=7)
     assert atk.describe() == "pgd_linf(eps=0.2, alpha=0.05, steps=10, random_start=False)"

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from gmsearch.attacks._base import _check_int, get
 
 
-def default_budget(name: str, *, in_channels: int) -> dict[str, Any]:
+def default_budget(name: str, *, in_channels: int, image_size: tuple[int, int] | None = None) -> dict[str, Any]:
     """Default budget for attack ``name`` on images with ``in_channels`` channels.
 
     RGB sets get Madry et al.'s L-inf PGD budget (eps 8/255, step 2/255, 10
@@ -17,7 +18,11 @@ def default_budget(name: str, *, in_channels: int) -> dict[str, Any]:
     47% and a GM-trained copy at the 99.7% ceiling, while eps 0.2 (step
     eps/4) gives 1% and 90%, so 0.2 is the grey default. L2 budgets are the
     usual ones from the literature (0.5 for CIFAR-10, 2.0 for MNIST), not
-    measured here.
+    measured here; they are meant for 28x28 grey and 32x32 colour images, so
+    with ``image_size`` given they are rescaled by ``sqrt(H * W) / 28`` (grey)
+    or ``/ 32`` (colour): an L2 ball grows with the square root of the pixel
+    count, and this keeps the same per-pixel budget on resized images (16x16
+    digits get eps 2.0 * 16 / 28 = 1.14).
 
     Returns:
         Keyword arguments for :func:`create` (``{}`` for attacks without a default).
@@ -35,4 +40,9 @@ def default_budget(name: str, *, in_channels: int) -> dict[str, Any]:
         ),
     }
     get(name)  # unknown names fail with the list of available ones
-    return dict(budgets.get(name, {}))
+    budget = dict(budgets.get(name, {}))
+    if name == "pgd_l2" and image_size is not None:
+        scale = math.sqrt(image_size[0] * image_size[1]) / (28 if grey else 32)
+        budget["eps"] = round(budget["eps"] * scale, 4)
+        budget["alpha"] = round(budget["alpha"] * scale, 4)
+    return budget

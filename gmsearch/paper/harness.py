@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -51,6 +50,7 @@ from gmsearch.nets import references
 from gmsearch.nets.builder import build
 from gmsearch.nets.genome import Genome
 from gmsearch.paper.settings import ExperimentSettings, PaperTable, _clean, settings_from_args
+from gmsearch.runner import optimize_until_finished
 from gmsearch.search import schema
 from gmsearch.search.objective import GMObjective, load_trial_model
 from gmsearch.search.sampler import n_trials_for
@@ -109,15 +109,10 @@ class Experiment:
         for key in ("image_size", "max_train_per_class", "max_test_per_class"):
             if getattr(s, key) is not None:
                 data[key] = getattr(s, key)
-        attack: dict[str, Any] = {"steps": s.attack_steps}
-        if s.eps is not None:  # keep the default budget's step-to-eps ratio
-            channels = 3 if s.dataset.endswith(".npz") or s.dataset == "cifar10" else 1
-            default = attacks.default_budget("pgd_linf", in_channels=channels)
-            attack |= {"eps": s.eps, "alpha": default["alpha"] * s.eps / default["eps"]}
         return config.parse({
             "seed": s.seed, "device": s.device or "auto", "data": data,
             "reference": {"name": s.reference, "epochs": s.reference_epochs},
-            "attack": {"name": "pgd_linf", "params": attack},
+            "attack": {"name": "pgd_linf", "params": self.attack_overrides("pgd_linf")},
             "training": {"lam": s.lam},
             "search": {
                 "population_size": s.population, "n_children": s.children, "generations": s.generations,
@@ -150,30 +145,22 @@ class Experiment:
     def in_channels(self) -> int:
         return self.data.input_shape[0]
 
-    def attack_params(self, name: str) -> dict[str, Any]:
-        """Budget of attack ``name``: :func:`attacks.default_budget`, with ``--attack-steps`` and ``--eps``.
+    def attack_overrides(self, name: str) -> dict[str, Any]:
+        """``--attack-steps`` and ``--eps`` as parameters of attack ``name`` (eps keeps the default step ratio)."""
+        s = self.settings
+        budget = attacks.default_budget(name, in_channels=3 if s.dataset.endswith(".npz") or s.dataset == "cifar10"
+                                         else 1)
+        out: dict[str, Any] = {"steps": s.attack_steps} if "steps" in budget else {}
+        if s.eps is not None and name in ("pgd_linf", "mi_fgsm", "fgsm"):
+            out["eps"] = s.eps
+            if "alpha" in budget:
+                out["alpha"] = budget["alpha"] * s.eps / budget["eps"]
+        return out
 
-        L2 budgets are rescaled by ``sqrt(H * W) / 28`` (grey) or ``/ 32`` (RGB)
-        so that resized images (16x16 digits) get the same per-pixel budget as
-        the 28x28 / 32x32 images the defaults are meant for.
-        """
-        params = attacks.default_budget(name, in_channels=self.in_channels)
-        if name == "pgd_l2" and "eps" in params:
-            # The L2 defaults are for 28x28 grey (MNIST) and 32x32 RGB (CIFAR-10) images; keep the same
-            # per-pixel size on other image sizes (an L2 ball grows with the square root of the pixel count).
-            _, h, w = self.data.input_shape
-            side = 28 if self.in_channels == 1 else 32
-            scale = math.sqrt(h * w) / side
-            params["eps"] = round(params["eps"] * scale, 4)
-            params["alpha"] = round(params["alpha"] * scale, 4)
-        if "steps" in params:
-            params["steps"] = self.settings.attack_steps
-        eps = self.settings.eps
-        if eps is not None and name in ("pgd_linf", "mi_fgsm", "fgsm"):
-            if "alpha" in params:
-                params["alpha"] = params["alpha"] * eps / params["eps"]
-            params["eps"] = eps
-        return params
+    def attack_params(self, name: str) -> dict[str, Any]:
+        """Budget of attack ``name``: :func:`gmsearch.pipeline.attack_params` under :meth:`attack_overrides`."""
+        return pipeline.attack_params(self.config, self.data.input_shape, name=name,
+                                      overrides=self.attack_overrides(name))
 
     def attack(self, name: str = "pgd_linf", **overrides: Any) -> attacks.Attack:
         """Attack ``name`` with this experiment's budget (``overrides`` win)."""
@@ -206,29 +193,22 @@ class Experiment:
             self._study = pipeline.make_study(self.config, sampler, self.objective)
         return self._study
 
-    def completed_generations(self) -> int:
-        """Whole generations the stored study has completed."""
+    def search(self) -> optuna.Study:
+        """Run or resume the search until the study has all its ``--generations`` (one worker of any number)."""
         s = self.settings
-        done = sum(1 for t in self.study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE)
-        return max(0, (done - s.population) // (s.population * s.children))
-
-    def search(self, generations: int | None = None) -> optuna.Study:
-        """Run or resume the search until the study has ``generations`` generations (default ``--generations``)."""
-        s = self.settings
-        target = s.generations if generations is None else generations
         study = self.study
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE)
-        missing = max(n_trials_for(target, s.population, s.children) - done, 0)
-        if missing == 0:
+        total = n_trials_for(s.generations, s.population, s.children)
+        if done >= total:
             if not self._reported_reuse:
-                self.log(f"study {self.study_name!r}: {done} trials stored, {target} generations done; reusing it")
+                self.log(f"study {self.study_name!r}: {done} trials stored, {s.generations} generations done; "
+                         "reusing it")
                 self._reported_reuse = True
             return study
         self.log(
             f"search: study {self.study_name!r} in {self.storage}: population {s.population} x {s.children} "
-            f"children, {target} generations, {s.epochs} epochs per child; {missing} trials to run"
+            f"children, {s.generations} generations, {s.epochs} epochs per child; {total - done} trials to run"
         )
-        objective = self.objective
 
         def progress(study: optuna.Study, trial: FrozenTrial) -> None:
             if trial.state == TrialState.COMPLETE:
@@ -240,7 +220,7 @@ class Experiment:
             else:
                 self.log(f"  trial {trial.number}: {trial.state.name}")
 
-        study.optimize(objective, n_trials=missing, callbacks=[progress])
+        optimize_until_finished(study, self.objective, callbacks=[progress])
         return study
 
     def evolved(self, top: int = 2) -> list[tuple[str, nn.Module, FrozenTrial]]:
