@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import optuna
@@ -16,7 +17,8 @@ from optuna.trial import TrialState
 
 import gmsearch as gms
 from gmsearch import runner
-from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY
+from gmsearch.errors import Interrupted
+from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY, TOLD_FAIL_KEY
 
 CONFIG = """
 seed = 0
@@ -104,3 +106,36 @@ def test_a_run_where_every_trial_failed_names_the_reason(reason: str) -> None:
             state=TrialState.FAIL, system_attrs={GENOME_KEY: "{}"}, user_attrs={FAIL_REASON_KEY: reason}
         ))
     assert runner.failure_summary(study) == f"every trial failed (3); the most common reason (3x): {reason}"
+
+
+def _interrupted_on(numbers: set[int]) -> Callable[[optuna.Trial], float]:
+    """A fake objective: Ctrl-C (as GMObjective records it) while training the trials ``numbers``."""
+
+    def objective(trial: optuna.Trial) -> float:
+        if trial.number in numbers:
+            trial.set_user_attr(FAIL_REASON_KEY, INTERRUPTED)
+            trial.set_user_attr("params", 123)  # what the run had measured when it stopped
+            raise KeyboardInterrupt
+        return float(sum(gms.genome_of(trial).spectrum()))
+
+    return objective
+
+
+def test_a_completed_retry_reads_as_completed_and_retry_histories_stay() -> None:
+    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, min_distance=2.0, generations=2, seed=0)
+    study = gms.create_study(study_name="retry", storage=None, sampler=sampler)
+    objective = _interrupted_on({3, 4})  # child 3 stopped, then its retry 4 stopped too
+    for _ in range(2):
+        with pytest.raises(Interrupted):
+            runner.optimize_until_finished(study, objective)
+    assert runner.optimize_until_finished(study, objective)
+    trials = study.get_trials(deepcopy=False)
+    third, fourth, fifth = trials[3], trials[4], trials[5]
+    assert [t.state for t in (third, fourth, fifth)] == [TrialState.FAIL, TrialState.FAIL, TrialState.COMPLETE]
+    assert third.system_attrs[TOLD_FAIL_KEY] and fourth.system_attrs[TOLD_FAIL_KEY]
+    assert fourth.system_attrs["retry_history"] == [3]  # unchanged when 4 was re-queued in turn
+    assert fifth.system_attrs["retry_history"] == [3, 4] and fifth.system_attrs["failed_trial"] == 3
+    assert TOLD_FAIL_KEY not in fifth.system_attrs
+    assert FAIL_REASON_KEY not in fifth.user_attrs and "params" not in fifth.user_attrs
+    assert fifth.system_attrs[GENOME_KEY] == third.system_attrs[GENOME_KEY]
+    assert fifth.user_attrs[PARENT_KEY] == third.user_attrs[PARENT_KEY]

@@ -2,9 +2,10 @@
 
 ``create_study`` maximises by default (fitness), resumes an existing study
 of the same name, and on RDB storages (SQLite, PostgreSQL, MySQL) turns on
-Optuna's heartbeat with ``RetryHeartbeatStaleTrialCallback``: a trial whose
-worker died is failed and re-queued with its system attrs, so the retry keeps
-its genome and parent. Through a gRPC storage proxy (``grpc://HOST:PORT``)
+Optuna's heartbeat with :class:`RequeueTrial` (Optuna's
+``RetryHeartbeatStaleTrialCallback`` without the failed run's outcome): a
+trial whose worker died is failed and re-queued with its system attrs, so the
+retry keeps its genome and parent. Through a gRPC storage proxy (``grpc://HOST:PORT``)
 the same is done by gmsearch's heartbeat written as trial attrs
 (``gmsearch.search.grpc_proxy``).
 """
@@ -25,8 +26,67 @@ from optuna.samplers import BaseSampler
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 
 from gmsearch.errors import EnvironmentProblem, UsageError
+from gmsearch.search.schema import (
+    ADV_ACC,
+    BEAT_KEY,
+    CLEAN_ACC,
+    FAIL_REASON_KEY,
+    INHERITED_KEY,
+    PRUNE_SHADOW_KEY,
+    REPLACED_KEY,
+    RIVAL_KEY,
+    TOLD_FAIL_KEY,
+    WEIGHTS_KEY,
+    WOULD_PRUNE_KEY,
+)
 
 logger = logging.getLogger(__name__)
+
+#: User attrs a trial's run writes (its outcome): a re-queued copy starts without them.
+RUN_USER_ATTRS = frozenset({
+    FAIL_REASON_KEY, WEIGHTS_KEY, INHERITED_KEY, RIVAL_KEY, WOULD_PRUNE_KEY, PRUNE_SHADOW_KEY, REPLACED_KEY,
+    CLEAN_ACC, ADV_ACC, "epochs", "params", "train_seconds",
+})
+#: System attrs of a failed run: failed by its own worker, its last beat through the gRPC proxy.
+RUN_SYSTEM_ATTRS = frozenset({TOLD_FAIL_KEY, BEAT_KEY})
+
+
+class RequeueTrial(RetryHeartbeatStaleTrialCallback):
+    """Re-queue a failed trial as a WAITING copy that starts as the trial was sampled.
+
+    As Optuna's ``RetryHeartbeatStaleTrialCallback`` (used for stale trials on
+    RDB storages and for children stopped by Ctrl-C): the copy keeps the
+    params, the system attrs (genome) and the user attrs (parent, generation,
+    epochs), and gets ``failed_trial`` (the first trial of the series) and
+    ``retry_history`` (every earlier trial of it). Unlike it, what the failed
+    run wrote (:data:`RUN_USER_ATTRS`, :data:`RUN_SYSTEM_ATTRS`: its fail
+    reason, the told-fail mark, metrics) is left out, so a completed retry
+    reads as completed, and ``retry_history`` is a new list: the failed
+    trial's own, read with ``deepcopy=False``, is never changed.
+
+    Args:
+        max_retry: How many times one series is re-queued (None: always).
+    """
+
+    def __init__(self, max_retry: int | None = None) -> None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(max_retry=max_retry)
+        self.max_retry = max_retry
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        history = [*trial.system_attrs.get("retry_history", ()), trial.number]
+        if self.max_retry is not None and len(history) > self.max_retry:
+            return
+        system = {k: v for k, v in trial.system_attrs.items() if k not in RUN_SYSTEM_ATTRS}
+        system.update(failed_trial=history[0], retry_history=history)
+        study.add_trial(optuna.trial.create_trial(
+            state=optuna.trial.TrialState.WAITING,
+            params=dict(trial.params),
+            distributions=dict(trial.distributions),
+            user_attrs={k: v for k, v in trial.user_attrs.items() if k not in RUN_USER_ATTRS},
+            system_attrs=system,
+        ))
 
 DEFAULT_STORAGE = "sqlite:///gmsearch.db"
 
@@ -174,7 +234,7 @@ def make_storage(
             kwargs = {
                 "heartbeat_interval": heartbeat_interval,
                 "grace_period": grace_period,
-                "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=max_retry),
+                "heartbeat_stale_trial_callback": RequeueTrial(max_retry=max_retry),
             }
         rdb = RDBStorage(storage, engine_kwargs=engine_kwargs, **kwargs)
     if storage.startswith("sqlite") and sqlite_wal_is_safe(storage):
