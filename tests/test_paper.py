@@ -37,6 +37,10 @@ def _run(script: str, key: str, workdir: Path, *args: str) -> dict[str, Any]:
     study = gms.load_study(study_name="paper-digits@8px-hand_a-quick", storage=storage)
     stored: dict[str, Any] = study.user_attrs[RESULTS_PREFIX + key]
     assert stored["text"].startswith(stored["title"]) and stored["settings"]["quick"] is True
+    # every table says under its title what budget produced it, beside the paper's
+    budget_line = stored["text"].splitlines()[1]
+    assert budget_line.startswith("budget: population 3 x 1 children, 1 generation, 5 epochs per child"), budget_line
+    assert "[paper: population 4-5 x 2 children, 50 generations" in budget_line
     return stored
 
 

@@ -364,6 +364,14 @@ class Experiment:
 
     # ---- results
 
+    def budget(self) -> str:
+        """The budget behind this experiment's numbers, in one line (printed under every table's title)."""
+        s = self.settings
+        refine = f"{s.refine_epochs} refinement epochs" if s.refine_epochs else "no refinement"
+        generations = f"{s.generations} generation{'s' * (s.generations != 1)}"
+        return (f"population {s.population} x {s.children} children, {generations}, {s.epochs} "
+                f"epochs per child, max_blocks {s.max_blocks}, {refine}")
+
     def header(self) -> str:
         """Lines naming the data, reference, attack and budget (printed above every table)."""
         s = self.settings

@@ -62,6 +62,12 @@ PAPER: dict[str, Any] = {
     "fig3": {"setting": "CIFAR-10, one image", "Ref.+GM": 0.687, "NE+GM": 1.297},
 }
 
+#: The paper's budget (section 4): what its bracketed numbers cost.
+PAPER_BUDGET = (
+    "population 4-5 x 2 children, 50 generations, 20 epochs per child (+5 every 10 generations), "
+    "1,000 refinement epochs"
+)
+
 #: What ``--quick`` changes (a smoke run on a CPU in a few minutes; numbers are not meaningful).
 QUICK: dict[str, Any] = {
     "image_size": 8,
@@ -129,6 +135,8 @@ class PaperTable:
         extra: More results recorded with the table (not printed).
         percent: Values are fractions printed as percentages (else printed as they are).
         wrap: Print at most this many columns per block (the paper's Table 6 has two blocks of four).
+        budget: The search and training budget that produced the numbers, printed under the title
+            with the paper's own budget beside it (see :data:`PAPER_BUDGET`).
     """
 
     key: str
@@ -140,6 +148,7 @@ class PaperTable:
     extra: dict[str, Any] = field(default_factory=dict)
     percent: bool = True
     wrap: int | None = None
+    budget: str = ""
 
     def value(self, row: str, column: str) -> float | None:
         """The measured value at ``(row, column)``."""
@@ -171,7 +180,8 @@ class PaperTable:
             for lo in range(0, len(self.columns), step)
         ]
         notes = ["[...] the paper's number; it was measured on the paper's data (see the setting below)"] * with_paper
-        return "\n".join([self.title, *blocks, *notes, *self.notes])
+        budget = [f"budget: {self.budget} [paper: {PAPER_BUDGET}]"] if self.budget else []
+        return "\n".join([self.title, *budget, *blocks, *notes, *self.notes])
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-safe content (NaN as None)."""

@@ -67,6 +67,7 @@ def table1(exp: Experiment, *, top: int = 2) -> PaperTable:
         ("Fooling (4.2.2)", [results[c].fooling_rate for c in columns]),
     ]
     return PaperTable(
+        budget=exp.budget(),
         key="table1",
         title="Table 1: clean and adversarial accuracy (adversarial examples transferred from the reference)",
         columns=columns, rows=rows,
@@ -119,6 +120,7 @@ def table2(
     paper = {s: v for s in matrix.sources if (v := _pct_paper("table2", s)) is not None}
     source_acc = ", ".join(f"{s} {100 * a:.1f}%" for s, a in zip(matrix.sources, matrix.source_clean_acc, strict=True))
     table = PaperTable(
+        budget=exp.budget(),
         key="table2",
         title="Table 2: adversarial accuracy on examples transferred from other source networks (rows: source)",
         columns=columns, rows=rows, paper=paper,
@@ -197,6 +199,7 @@ def table3(
     notes.append(f"NE+GM architecture: trial {trial.number} of {exp.study_name!r} ({genome.summary()})")
     notes.append(f"every network trained {epochs} epochs on each target; paper setting: {PAPER[key]['setting']}")
     return PaperTable(
+        budget=exp.budget(),
         key=key,
         title=f"Table {'7' if reduced else '3'}: the evolved architecture retrained on other datasets",
         columns=columns, rows=rows, paper=paper, notes=notes,
@@ -213,6 +216,7 @@ def table4(exp: Experiment, *, hand: str = "hand_b", top: int = 2) -> PaperTable
     results = _eval_rows(exp, nets, adv)
     columns = list(nets)
     return PaperTable(
+        budget=exp.budget(),
         key="table4",
         title=f"Table 4: reduced-data baselines with the hand-engineered network {hand} (HE+GM)",
         columns=columns,
@@ -267,8 +271,10 @@ def table5(
     notes.append("fooling rate 4.2.2: among test images both the reference and the network classify correctly, "
                  "the share whose adversarial version (from the reference) fools the network; lower is better")
     notes.append(f"paper setting: {PAPER['table5']['setting']}")
-    return PaperTable(key="table5", title="Table 5: fooling rate under three attacks (lower is better)",
-                      columns=columns, rows=rows, paper=paper, notes=notes)
+    return PaperTable(
+        budget=exp.budget(), key="table5", title="Table 5: fooling rate under three attacks (lower is better)",
+        columns=columns, rows=rows, paper=paper, notes=notes,
+    )
 
 
 def table6(
@@ -332,6 +338,7 @@ def table6(
     columns = list(nets)
     paper6 = PAPER["table6"]
     return PaperTable(
+        budget=exp.budget(),
         key="table6",
         title="Table 6: fooling rate 4.2.3 of GM networks and of the reference with defenses (lower is better)",
         columns=columns,
@@ -411,6 +418,7 @@ def fig3(
     except ImportError as exc:  # matplotlib comes with captum, but don't fail the figure on it
         exp.log(f"no PNG written: {exc}")
     table = PaperTable(
+        budget=exp.budget(),
         key="fig3",
         title="Fig. 3: total pixel distance of integrated-gradient maps to the reference's (higher: more misaligned)",
         columns=["Ref.+GM", "NE+GM"],
