@@ -101,7 +101,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     result = export_trial(
         storage=args.storage, study_name=args.study, trial=args.trial, out=args.out, artifacts=args.artifacts,
         refined=args.refined, image_size=args.image_size, in_channels=args.in_channels,
-        num_classes=args.num_classes,
+        num_classes=args.num_classes, onnx=args.onnx,
     )
     print(f"trial {result.trial} exported to {result.folder}: " + ", ".join(f.name for f in result.files))
     return 0
@@ -190,6 +190,8 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--image-size", default=None, help="input H or HxW, if the study does not record it")
     ex.add_argument("--in-channels", type=int, default=None, help="input channels, if not recorded")
     ex.add_argument("--num-classes", type=int, default=None, help="number of classes, if not recorded")
+    ex.add_argument("--onnx", action="store_true",
+                    help="also write model.onnx, for ONNX runtimes without torch (pip install 'gmsearch[onnx]')")
     ex.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")

@@ -8,7 +8,14 @@ writes to ``DIR`` (default ``./<study>-trial<N>``):
   ``torch.load(path, weights_only=True)``;
 - ``load_model.py``: rebuilds the network with :func:`gmsearch.build` and loads
   the weights (``load_model()``; run it to classify a random input);
-- ``trial.json``: study, trial number, fitness values, accuracies, input shape.
+- ``trial.json``: study, trial number, fitness values, accuracies, input shape;
+- with ``--onnx`` (``pip install 'gmsearch[onnx]'``), ``model.onnx``: the same
+  network for any ONNX runtime, without torch or gmsearch (input ``images``:
+  ``N x C x H x W`` in ``[0, 1]``, any batch size; output ``logits``), written
+  by ``torch.onnx.export`` (its graph exporter: the adaptive pooling that
+  reconciles spatial sizes and the zero-padding of ``sum`` become ONNX
+  operators) and, where onnxruntime is installed, checked against PyTorch on
+  a random batch before anything is written.
 
 The weights come from the Optuna artifact the trial stored (the refined
 weights when :func:`gmsearch.refine` has refined that trial and
@@ -19,6 +26,7 @@ the study (user attr ``gmsearch:data``); options override them.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,13 +36,17 @@ import optuna
 import torch
 from optuna.trial import FrozenTrial, TrialState
 
-from gmsearch.nets.builder import build
+from gmsearch.errors import EnvironmentProblem, UsageError
+from gmsearch.nets.builder import GenomeNet, build
 from gmsearch.nets.genome import Genome
 from gmsearch.search import schema
 from gmsearch.search.schema import DATA_KEY, GENOME_KEY
 from gmsearch.search.study import open_study
 
-_SNIPPET = '''"""Trial {trial} of study {study!r}, written by `gmsearch export`: rebuild it and load its weights."""
+_SNIPPET = '''"""Trial {trial} of study {study!r}, written by `gmsearch export`: rebuild it and load its weights.
+
+{onnx_route}
+"""
 
 from pathlib import Path
 
@@ -61,6 +73,21 @@ if __name__ == "__main__":
 '''
 
 
+_ONNX_ROUTE = """Without torch or gmsearch: model.onnx is the same network for any ONNX runtime, e.g.
+    import numpy as np, onnxruntime as ort
+    session = ort.InferenceSession("path/to/model.onnx")
+    logits = session.run(["logits"], {"images": x.astype(np.float32)})[0]  # x: N x C x H x W in [0, 1]"""
+
+_NO_ONNX_ROUTE = """For a framework-free model.onnx (any ONNX runtime, no torch or gmsearch), export again with
+--onnx (pip install 'gmsearch[onnx]')."""
+
+#: Names of the ONNX graph's input and output.
+ONNX_INPUT, ONNX_OUTPUT = "images", "logits"
+
+#: Largest difference between onnxruntime's and PyTorch's logits the export accepts (float32 rounding).
+ONNX_TOLERANCE = 1e-4
+
+
 @dataclass(frozen=True)
 class ExportResult:
     """What :func:`export_trial` wrote."""
@@ -68,6 +95,57 @@ class ExportResult:
     folder: Path
     trial: int
     files: list[Path]
+
+
+def require_onnx() -> None:
+    """Raise a one-line :class:`UsageError` unless what ``torch.onnx.export`` needs is installed."""
+    missing = []
+    for module in ("onnx", "onnxscript"):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise UsageError(
+            f"export --onnx needs {' and '.join(missing)}, not installed: pip install 'gmsearch[onnx]'"
+        )
+
+
+def onnx_model(net: GenomeNet) -> bytes:
+    """``net`` (in eval mode) as a self-contained ONNX model whose batch size is free.
+
+    The graph exporter (``dynamo=True``, the default) is used: the TorchScript
+    one cannot export adaptive pooling between sizes that do not divide.
+    When onnxruntime is installed, its logits on a random batch are compared
+    with PyTorch's (:data:`ONNX_TOLERANCE`).
+    """
+    net = net.eval()
+    x = torch.rand(2, net.in_channels, *net.image_size, generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's notes on its own internals
+        program = torch.onnx.export(
+            net, (x,), dynamo=True, input_names=[ONNX_INPUT], output_names=[ONNX_OUTPUT],
+            dynamic_shapes=({0: torch.export.Dim("batch")},), verbose=False,
+        )
+    if program is None:  # pragma: no cover - only the TorchScript exporter returns None
+        raise EnvironmentProblem(
+            f"torch.onnx.export returned no model (torch {torch.__version__}): export --onnx needs its graph exporter"
+        )
+    model: bytes = program.model_proto.SerializeToString()
+    try:
+        import onnxruntime
+    except ImportError:
+        return model
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        expected = net(x).numpy()
+    got = session.run([ONNX_OUTPUT], {ONNX_INPUT: x.numpy()})[0]
+    gap = float(abs(got - expected).max())
+    if not gap <= ONNX_TOLERANCE:
+        raise EnvironmentProblem(
+            f"the ONNX model's logits differ from PyTorch's by {gap:.2g} (> {ONNX_TOLERANCE:g}); nothing written"
+        )
+    return model
 
 
 def _choose(study: optuna.Study, number: int | None) -> FrozenTrial:
@@ -127,8 +205,9 @@ def export_trial(
     image_size: int | Sequence[int] | str | None = None,
     in_channels: int | None = None,
     num_classes: int | None = None,
+    onnx: bool = False,
 ) -> ExportResult:
-    """Write ``genome.json``, ``weights.pt``, ``load_model.py`` and ``trial.json`` for one trial.
+    """Write ``genome.json``, ``weights.pt``, ``load_model.py``, ``trial.json`` (and ``model.onnx``) for one trial.
 
     Args:
         storage: Storage URL of the study (``sqlite:///...``, ``postgresql://...``, ``journal:FILE``).
@@ -141,11 +220,15 @@ def export_trial(
         image_size: Input height (and width) when neither the weights nor the study record it.
         in_channels: Input channels, overriding what was recorded.
         num_classes: Number of classes, overriding what was recorded.
+        onnx: Also write ``model.onnx`` (needs ``pip install 'gmsearch[onnx]'``).
 
     Raises:
         ValueError: unknown storage, study or trial; a trial without genome or
-            weights; weights that do not fit the rebuilt network.
+            weights; weights that do not fit the rebuilt network; ``onnx``
+            without the packages it needs (checked first).
     """
+    if onnx:
+        require_onnx()
     study = open_study(storage, study_name)
     chosen = _choose(study, trial)
     if GENOME_KEY not in chosen.system_attrs:
@@ -173,14 +256,16 @@ def export_trial(
             f"the weights of trial {chosen.number} do not fit the network rebuilt for input "
             f"{channels}x{hw[0]}x{hw[1]} and {classes} classes: {exc}"
         ) from exc
+    model = onnx_model(net) if onnx else None  # before anything is written
     folder = Path(out) if out is not None else Path.cwd() / f"{study.study_name}-trial{chosen.number}"
     folder.mkdir(parents=True, exist_ok=True)
-    files = [folder / name for name in ("genome.json", "weights.pt", "load_model.py", "trial.json")]
+    names = ["genome.json", "weights.pt", "load_model.py", "trial.json"] + (["model.onnx"] if model else [])
+    files = [folder / name for name in names]
     files[0].write_text(genome.to_json(indent=2) + "\n")
     torch.save(dict(state), files[1])
     files[2].write_text(_SNIPPET.format(
         trial=chosen.number, study=study.study_name, in_channels=channels, num_classes=int(classes),
-        height=hw[0], width=hw[1],
+        height=hw[0], width=hw[1], onnx_route=_ONNX_ROUTE if model else _NO_ONNX_ROUTE,
     ))
     info = {
         "study": study.study_name, "trial": chosen.number, "state": chosen.state.name, "values": chosen.values,
@@ -189,4 +274,6 @@ def export_trial(
         "input_shape": [channels, hw[0], hw[1]], "num_classes": int(classes), "weights_artifact": artifact_id,
     }
     files[3].write_text(json.dumps(info, indent=2) + "\n")
+    if model is not None:
+        files[4].write_bytes(model)
     return ExportResult(folder=folder, trial=chosen.number, files=files)
