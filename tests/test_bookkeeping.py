@@ -1,4 +1,4 @@
-"""Cheap bookkeeping: batched trial writes, SQLite's write-ahead log, the incremental population replay.
+"""Cheap bookkeeping: a trial's writes, SQLite's write-ahead log, the incremental population replay.
 
 PostgreSQL cases run when GMSEARCH_TEST_POSTGRES_URL is set (see tests/test_storage.py).
 """
@@ -63,7 +63,7 @@ def _curve(values: dict[int, float]) -> dict[int, str]:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_one_transaction_stores_what_the_per_attribute_calls_store(kind: str, study_of) -> None:  # type: ignore[no-untyped-def]
+def test_write_trial_stores_what_the_per_attribute_calls_store(kind: str, study_of) -> None:  # type: ignore[no-untyped-def]
     study = study_of(kind)
     storage = study._storage
     by_call, batched = study.ask(), study.ask()
@@ -271,15 +271,21 @@ def test_census_and_replay_read_only_the_unsettled_trials_and_stay_exact() -> No
     assert census_of(short, len(short), 3, now, settled) == census_of(short, len(short), 3, now)
 
 
-def test_an_optuna_without_the_known_rdb_schema_gets_per_attribute_calls(study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
-    from gmsearch.search import writes
-
-    monkeypatch.setattr(writes, "_rdb_schema_known", lambda: False)
-    monkeypatch.setattr(writes, "_write_rdb", lambda *a, **k: pytest.fail("the RDB path ran"))
-    study = study_of("sqlite")
-    trial = study.ask()
-    write_trial(study._storage, trial._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS)
-    stored = study._storage.get_trial(trial._trial_id)
+@pytest.mark.parametrize("kind", ["memory", "sqlite", "journal"])
+def test_write_trial_makes_optuna_s_public_calls_genome_last(kind: str, study_of, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """No ORM rows of Optuna's: every write is a public storage call, and system attrs (the genome) come last."""
+    study = study_of(kind)
+    storage, trial = study._storage, study.ask()
+    calls: list[str] = []
+    for name in ("set_trial_param", "set_trial_intermediate_value", "set_trial_user_attr", "set_trial_system_attr"):
+        real = getattr(storage, name)
+        monkeypatch.setattr(storage, name, lambda *a, _n=name, _real=real: (calls.append(_n), _real(*a))[1])
+    write_trial(storage, trial._trial_id, user_attrs=USER, system_attrs=SYSTEM, params=PARAMS,
+                intermediate_values=STEPS)
+    expected = ([["set_trial_param"] * len(PARAMS), ["set_trial_intermediate_value"] * len(STEPS),
+                 ["set_trial_user_attr"] * len(USER), ["set_trial_system_attr"] * len(SYSTEM)])
+    assert calls == [c for group in expected for c in group]
+    stored = storage.get_trial(trial._trial_id)
     assert stored.user_attrs == USER and stored.params == {"n_conv": 4, "lr": 0.01}
 
 
@@ -322,7 +328,7 @@ def _count_writes(storage: optuna.storages.BaseStorage, monkeypatch: pytest.Monk
     per_step = storage.set_trial_intermediate_value
 
     def one(trial_id: int, step: int, value: float) -> None:
-        if not batching:  # write_trial's fallback on a storage without transactions counts as one write
+        if not batching:  # the per-step calls of one write_trial count as one write
             seen.append({step: value})
         per_step(trial_id, step, value)
 

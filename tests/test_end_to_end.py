@@ -86,7 +86,7 @@ def test_trial_weights_reload_to_the_same_accuracy(setup: tuple[gms.GMObjective,
 
 
 def test_trial_weights_are_optuna_artifacts(setup: tuple[gms.GMObjective, Path], tmp_path: Path) -> None:
-    """The weights' artifact record, stored with the results, is the one Optuna's upload_artifact writes."""
+    """A trial's weights are an Optuna artifact of the trial (Optuna's upload_artifact), listed by Optuna."""
     objective, _ = setup
     sampler = gms.NicheEvolutionSampler(population_size=2, seed=1)
     study = gms.create_study(study_name="a", storage=f"sqlite:///{tmp_path / 'a.db'}", sampler=sampler)
@@ -101,20 +101,13 @@ def test_trial_weights_are_optuna_artifacts(setup: tuple[gms.GMObjective, Path],
     payload = torch.load(path, weights_only=True)
     assert payload["genome"] == trial.system_attrs[GENOME_KEY] and payload["num_classes"] == 10
 
+    # a study's weights (refinement) are an artifact of the study
     other = optuna.create_study()
-    same_name = tmp_path / "trial-0-weights.pt"
-    same_name.write_bytes(b"weights")
-    artifact_id = optuna.artifacts.upload_artifact(
-        artifact_store=objective.artifact_store, file_path=str(same_name), study_or_trial=other,
-        mimetype="application/octet-stream",
-    )
-    records = other._storage.get_study_system_attrs(other._study_id)
-    assert records == schema.artifact_record(artifact_id, "trial-0-weights.pt", mimetype="application/octet-stream")
-    optuna.artifacts.upload_artifact(artifact_store=objective.artifact_store, file_path=str(same_name),
-                                     study_or_trial=other)  # the MIME type guessed from the name, as Optuna does
-    records = other._storage.get_study_system_attrs(other._study_id)
-    (second,) = set(records) - set(schema.artifact_record(artifact_id, "x"))
-    assert {second: records[second]} == schema.artifact_record(second.split(":", 1)[1], "trial-0-weights.pt")
+    genome = gms.genome_of(trial)
+    artifact_id = schema.save_weights(objective.artifact_store, other, objective.build(genome), genome,
+                                      input_shape=objective.data.input_shape, num_classes=10)
+    (meta,) = optuna.artifacts.get_all_artifact_meta(other)
+    assert (meta.artifact_id, meta.filename, meta.mimetype) == (artifact_id, "weights.pt", "application/octet-stream")
 
 
 def test_a_diverging_child_fails_alone(setup: tuple[gms.GMObjective, Path], monkeypatch: pytest.MonkeyPatch) -> None:

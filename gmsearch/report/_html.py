@@ -41,6 +41,7 @@ from gmsearch.report._lineage import _lineage_figure
 from gmsearch.report._page import _brief, _esc, _fmt, _key_values, _note, _Page, _pct, _table
 from gmsearch.report.plotting import plot_architecture
 from gmsearch.report.stored import _row_from, _stored_attributions, load_baseline
+from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.baselines import Row
 from gmsearch.search.schema import (
     ARCH_KEY,
@@ -111,7 +112,7 @@ def _summary(page: _Page, study: optuna.Study) -> None:
         params = ", ".join(f"{k}={_fmt(v)}" for k, v in (attack.get("params") or {}).items())
         rows.append(("attack", f"{attack.get('name')}({params})"))
     parts.append(_key_values(rows))
-    config = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY)
+    config = storage_of(study).get_study_system_attrs(study_id_of(study)).get(SAMPLER_KEY)
     if config:
         parts.append("<h3>Sampler</h3>" + _table(
             ["setting", "value"], [(key, _setting(value)) for key, value in config.items()], numeric=[False, False]

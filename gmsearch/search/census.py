@@ -27,6 +27,7 @@ import optuna
 from optuna.storages import BaseStorage
 from optuna.trial import FrozenTrial, TrialState
 
+from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.schema import GENOME_KEY, SURPLUS_KEY, TOLD_FAIL_KEY, is_child
 
 #: A RUNNING trial without a genome older than this was left by a worker that died while sampling.
@@ -146,7 +147,7 @@ _settled_lock = threading.Lock()
 def settled_of(study: optuna.Study) -> Settled:
     """The :class:`Settled` of ``study`` in this process (one per storage object and study)."""
     with _settled_lock:
-        return _settled_by_study.setdefault(study._storage, {}).setdefault(study._study_id, Settled())
+        return _settled_by_study.setdefault(storage_of(study), {}).setdefault(study_id_of(study), Settled())
 
 
 def census_of(

@@ -51,9 +51,9 @@ from urllib.parse import urlsplit
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import BaseStorage, GrpcStorageProxy, RetryHeartbeatStaleTrialCallback
-from optuna.storages._heartbeat import BaseHeartbeat
 from optuna.trial import FrozenTrial, TrialState
 
+from gmsearch.search._optuna_private import Heartbeat, trial_id_of, with_optuna_cache
 from gmsearch.search.schema import BEAT_KEY
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ DEFAULT_PORT = 13000
 CONNECT_TIMEOUT = 60.0
 
 
-class BeatHeartbeat(BaseHeartbeat):
+class BeatHeartbeat(Heartbeat):
     """Optuna's heartbeat interface through the public storage API (mix in before a ``BaseStorage``).
 
     Subclasses combine it with a storage, e.g.
@@ -102,7 +102,7 @@ class BeatHeartbeat(BaseHeartbeat):
         assert isinstance(self, BaseStorage), "BeatHeartbeat must be mixed into a BaseStorage"
         return self
 
-    # --- BaseHeartbeat ------------------------------------------------------------------------
+    # --- Optuna's heartbeat interface -----------------------------------------------------------
     def record_heartbeat(self, trial_id: int) -> None:
         try:
             self._storage().set_trial_system_attr(trial_id, BEAT_KEY, self._clock())
@@ -111,7 +111,7 @@ class BeatHeartbeat(BaseHeartbeat):
         except Exception as exc:  # e.g. the proxy restarting: one missed beat is harmless, a dead beat thread is not
             logger.warning("heartbeat of trial id %d not recorded: %s", trial_id, exc)
 
-    def _get_stale_trial_ids(self, study_id: int) -> list[int]:
+    def stale_trial_ids(self, study_id: int) -> list[int]:
         return stale_trial_ids(
             self._storage().get_all_trials(study_id, deepcopy=False, states=(TrialState.RUNNING,)),
             grace_period=self._grace_period, now=self._clock(), seen_now=self._monotonic(),
@@ -144,18 +144,18 @@ def stale_trial_ids(
             updated in place (finished trials are dropped).
     """
     stale = []
-    ids = {t._trial_id for t in running}
+    ids = {trial_id_of(t) for t in running}
     for trial_id in [i for i in silent_since if i not in ids]:
         del silent_since[trial_id]
     for t in running:
         beat = t.system_attrs.get(BEAT_KEY)
         if isinstance(beat, int | float):
-            silent_since.pop(t._trial_id, None)
+            silent_since.pop(trial_id_of(t), None)
             silent = now - float(beat)
         else:
-            silent = seen_now - silent_since.setdefault(t._trial_id, seen_now)
+            silent = seen_now - silent_since.setdefault(trial_id_of(t), seen_now)
         if silent > grace_period:
-            stale.append(t._trial_id)
+            stale.append(trial_id_of(t))
     return stale
 
 
@@ -280,7 +280,7 @@ def serve(
     # the server only relays: heartbeats are written by the workers through it
     backend = make_storage(storage, heartbeat_interval=None)
     assert backend is not None
-    cached = optuna.storages.get_storage(backend)  # Optuna's in-process cache of finished trials
+    cached = with_optuna_cache(backend)  # Optuna's in-process cache of finished trials
     if ready is not None:
         ready(f"gmsearch storage-server: serving {_mask(storage)} at grpc://{host}:{port}")
     with warnings.catch_warnings():

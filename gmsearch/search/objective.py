@@ -34,6 +34,7 @@ from gmsearch.nets.builder import GenomeNet, build, count_params, inherit_weight
 from gmsearch.nets.genome import Genome
 from gmsearch.search import fitness as fitness_plugins
 from gmsearch.search import schema
+from gmsearch.search._optuna_private import trial_id_of
 from gmsearch.search.schema import (
     EPOCHS_KEY,
     FAIL_REASON_KEY,
@@ -178,8 +179,7 @@ class GMObjective:
         epochs = int(trial.user_attrs.get(EPOCHS_KEY, self.epochs))
         torch.manual_seed(trial_seed(self.seed, trial.number) % 2**63)
         net: nn.Module | None = None
-        results: dict[str, Any] = {}  # written in one transaction when the trial ends
-        artifact: dict[str, str] = {}  # the record of its weights, written with them
+        results: dict[str, Any] = {}  # written when the trial ends
         reports = EpochReports(trial)  # the learning curve: with the results, unless a pruner reads it sooner
         trained = False
         try:
@@ -202,7 +202,9 @@ class GMObjective:
             results.update(clean_acc=clean, adv_acc=adv, epochs=epochs,
                            train_seconds=round(time.perf_counter() - start, 3))
             if store is not None:
-                results[WEIGHTS_KEY], artifact = self._write_weights(trial, net, genome)
+                weights = self._write_weights(trial, net, genome)
+                if weights is not None:
+                    results[WEIGHTS_KEY] = weights
             value = self.fitness(clean, adv)
             trained = True
             return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
@@ -218,7 +220,7 @@ class GMObjective:
             nan = float("nan")
             return tuple([nan] * self.n_objectives) if self.n_objectives > 1 else nan
         finally:
-            _store(trial, results, reports.take(), artifact)
+            _store(trial, results, reports.take())
             del net
             if not trained:
                 # an exception's frames can hold the network's tensors in reference cycles; a trained child's
@@ -240,27 +242,26 @@ class GMObjective:
         trial.set_user_attr(INHERITED_KEY, copied)
         return bool(copied)
 
-    def _write_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> tuple[str, dict[str, str]]:
-        """Write the trained weights; returns the artifact id and its record (stored with the trial's results)."""
+    def _write_weights(self, trial: optuna.Trial, net: nn.Module, genome: Genome) -> str | None:
+        """Save the trained weights as an artifact of ``trial``; returns its id (None: the trial has finished)."""
         assert self.artifact_store is not None
-        return schema.write_weights(
-            self.artifact_store, net, genome, input_shape=self.data.input_shape,
-            num_classes=self.data.num_classes, filename=f"trial-{trial.number}-weights.pt",
-        )
+        try:
+            return schema.save_weights(
+                self.artifact_store, trial, net, genome, input_shape=self.data.input_shape,
+                num_classes=self.data.num_classes, filename=f"trial-{trial.number}-weights.pt",
+            )
+        except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile: _store says so
+            return None
 
     def load_trial_model(self, trial: optuna.trial.FrozenTrial) -> nn.Module:
         """The trained network of a finished trial, from its saved weights."""
         return load_trial_model(trial, self.artifact_store, self.data, device=self.device)
 
 
-def _store(
-    trial: optuna.Trial, results: dict[str, Any], intermediate_values: dict[int, float], artifact: dict[str, str]
-) -> None:
-    """The trial's results (or what it had when it stopped) as user attrs, with the rest of its
-    learning curve and the record of its weights' artifact, in one transaction."""
+def _store(trial: optuna.Trial, results: dict[str, Any], intermediate_values: dict[int, float]) -> None:
+    """The trial's results (or what it had when it stopped) as user attrs, with the rest of its learning curve."""
     try:
-        write_trial(trial.study._storage, trial._trial_id, user_attrs=results, system_attrs=artifact,
-                    intermediate_values=intermediate_values)
+        write_trial(trial.storage, trial_id_of(trial), user_attrs=results, intermediate_values=intermediate_values)
     except optuna.exceptions.UpdateFinishedTrialError:  # failed as stale meanwhile: its retry trains it again
         logger.warning("trial %d was finished by another worker; its results are not stored", trial.number)
 

@@ -30,6 +30,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import spectrum_distance
 from gmsearch.registry import Registry
+from gmsearch.search._optuna_private import storage_of, study_id_of, trial_id_of
 from gmsearch.search.sampler import NicheEvolutionSampler
 from gmsearch.search.schema import (
     GENOME_KEY,
@@ -63,7 +64,7 @@ def _search_settings(study: Study) -> tuple[int | None, list[float] | None]:
     """Population size and spectrum scale of the study's search (sampler, else stored settings)."""
     if isinstance(study.sampler, NicheEvolutionSampler):
         return study.sampler.population_size, study.sampler.spectrum_scale
-    stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY) or {}
+    stored = storage_of(study).get_study_system_attrs(study_id_of(study)).get(SAMPLER_KEY) or {}
     return stored.get("population_size"), stored.get("spectrum_scale")
 
 
@@ -247,17 +248,17 @@ class NichePruner(BasePruner):
         rival = _closest(trial, replay_study(study, study.get_trials(deepcopy=False), size, scale=scale).slots, scale)
         if rival is None:
             return False
-        storage = study._storage
+        storage = storage_of(study)
         # a running Trial hands pruners a snapshot whose user attrs miss writes made here: read them afresh
-        attrs = storage.get_trial_user_attrs(trial._trial_id)
+        attrs = storage.get_trial_user_attrs(trial_id_of(trial))
         if attrs.get(RIVAL_KEY) != rival.number:
-            storage.set_trial_user_attr(trial._trial_id, RIVAL_KEY, rival.number)
+            storage.set_trial_user_attr(trial_id_of(trial), RIVAL_KEY, rival.number)
         target = curve_value(rival.intermediate_values, epoch)
         if target is None or behind_by(value, target, study.direction) <= self.margin:
             return False
         if attrs.get(WOULD_PRUNE_KEY) is None:
-            storage.set_trial_user_attr(trial._trial_id, WOULD_PRUNE_KEY, epoch)
-            storage.set_trial_user_attr(trial._trial_id, SHADOW_KEY, self.shadow)
+            storage.set_trial_user_attr(trial_id_of(trial), WOULD_PRUNE_KEY, epoch)
+            storage.set_trial_user_attr(trial_id_of(trial), SHADOW_KEY, self.shadow)
         return not self.shadow
 
 

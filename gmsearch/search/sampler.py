@@ -25,8 +25,8 @@ Many workers: a trial another worker is still sampling (RUNNING, no genome
 yet) counts as the initial candidate or child it is about to become, and a
 trial waits (briefly) for earlier ones being sampled, so trial numbers decide
 roles as with one worker and initial candidates stay ``min_distance`` apart.
-Each trial writes its genome, parent, generation and spectrum params in one
-transaction, so a genome on a trial means its bookkeeping is complete. A trial the heartbeat
+Each trial writes its spectrum params, parent and generation before its
+genome, so a genome on a trial means its bookkeeping is complete. A trial the heartbeat
 has just failed keeps its place until Optuna has re-queued it (the sampler
 marks trials failed by their own worker, which are never re-queued, with
 ``gmsearch:told_fail``). With ``generations`` set, a trial started
@@ -74,12 +74,14 @@ import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.samplers import BaseSampler, RandomSampler
 from optuna.storages import BaseStorage
-from optuna.storages._heartbeat import BaseHeartbeat, is_heartbeat_enabled
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
+from gmsearch.search._optuna_private import heartbeat_interval as _heartbeat_interval
+from gmsearch.search._optuna_private import record_heartbeat as _record_heartbeat
+from gmsearch.search._optuna_private import storage_of, study_id_of, trial_id_of
 from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished, settled_of
 from gmsearch.search.schema import (
     ARCH_KEY,
@@ -133,12 +135,6 @@ class EpochSchedule:
 
 
 
-def _heartbeat_interval(storage: BaseStorage) -> int | None:
-    if isinstance(storage, BaseHeartbeat) and is_heartbeat_enabled(storage):
-        return storage.get_heartbeat_interval()
-    return None
-
-
 def _write(
     storage: BaseStorage,
     trial: FrozenTrial,
@@ -147,25 +143,20 @@ def _write(
     system: dict[str, Any] | None = None,
     params: dict[str, int] | None = None,
 ) -> None:
-    """Store attrs and spectrum params of ``trial`` in one transaction, and show them on ``trial`` too.
+    """Store attrs and spectrum params of ``trial`` (:func:`write_trial`), and show them on ``trial`` too.
 
     ``trial`` is the snapshot a running ``optuna.Trial`` reads ``user_attrs``
     and ``params`` from, so the objective sees, e.g., ``gmsearch:epochs``.
     """
     params = params or {}
     write_trial(
-        storage, trial._trial_id, user_attrs=user, system_attrs=system,
+        storage, trial_id_of(trial), user_attrs=user, system_attrs=system,
         params={name: (float(value), _SPECTRUM_DIST) for name, value in params.items()},
     )
     trial.user_attrs = {**trial.user_attrs, **(user or {})}
     trial.system_attrs = {**trial.system_attrs, **(system or {})}
     trial.params = {**trial.params, **params}
     trial.distributions = {**trial.distributions, **dict.fromkeys(params, _SPECTRUM_DIST)}
-
-
-def _record_heartbeat(storage: BaseStorage, trial_id: int) -> None:
-    if isinstance(storage, BaseHeartbeat):
-        storage.record_heartbeat(trial_id)
 
 
 def _stop(study: Study) -> None:
@@ -290,14 +281,14 @@ class NicheEvolutionSampler(BaseSampler):
         }
 
     def _sync_config(self, study: Study) -> None:
-        synced = self._synced.setdefault(study._storage, set())
-        if study._study_id in synced:
+        synced = self._synced.setdefault(storage_of(study), set())
+        if study_id_of(study) in synced:
             return  # once per study and process: the settings never change
-        synced.add(study._study_id)
-        stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY)
+        synced.add(study_id_of(study))
+        stored = storage_of(study).get_study_system_attrs(study_id_of(study)).get(SAMPLER_KEY)
         mine = json.loads(json.dumps(self.config()))
         if stored is None:
-            study._storage.set_study_system_attr(study._study_id, SAMPLER_KEY, mine)
+            storage_of(study).set_study_system_attr(study_id_of(study), SAMPLER_KEY, mine)
             return
         # generations only say when to stop: a resumed study may be given more
         differs = sorted(k for k in set(stored) | set(mine) if k != "generations" and stored.get(k) != mine.get(k))
@@ -327,7 +318,7 @@ class NicheEvolutionSampler(BaseSampler):
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         self._sync_config(study)
-        storage, tid = study._storage, trial._trial_id
+        storage, tid = storage_of(study), trial_id_of(trial)
         heartbeat = _heartbeat_interval(storage)
         if heartbeat is not None:
             _record_heartbeat(storage, tid)  # from here on, a worker that dies leaves a stale trial
@@ -368,7 +359,8 @@ class NicheEvolutionSampler(BaseSampler):
                 weights=self.mutation_weights, budget=self.budget,
             )
             genome = toolbox.aggressive(genome_of(parent_trial), rng)
-        # One transaction: other workers read a genome as "this trial's bookkeeping is complete".
+        # The genome is written last (write_trial's order): other workers read it as "this trial's bookkeeping
+        # is complete".
         user: dict[str, Any] = {PARENT_KEY: parent, GENERATION_KEY: generation, ARCH_KEY: genome.summary()}
         if self.epoch_schedule is not None:
             user[EPOCHS_KEY] = self.epoch_schedule.epochs(generation)
@@ -387,7 +379,7 @@ class NicheEvolutionSampler(BaseSampler):
         Waits briefly for earlier trials that other workers are sampling right
         now; with a heartbeat, a surplus trial waits for a vacancy (see the module docstring).
         """
-        storage, tid = study._storage, trial._trial_id
+        storage, tid = storage_of(study), trial_id_of(trial)
         settle_until = time.monotonic() + SETTLE_SECONDS
         poll = min(max(heartbeat / 2, 0.1), 1.0) if heartbeat is not None else 0.0
         n_planned = self.population_size * self.generations * self.n_children if self.generations else 0
@@ -430,18 +422,18 @@ class NicheEvolutionSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         # ``trial`` was just read from storage by Optuna's tell, which calls this only for a RUNNING trial
-        self._running.pop((study.study_name, trial._trial_id), None)
+        self._running.pop((study.study_name, trial_id_of(trial)), None)
         self._independent.after_trial(study, trial, state, values)
         if trial.state.is_finished():
             return  # another worker failed it as stale (and re-queued it); Optuna reports that
         if state == TrialState.FAIL:  # failed here, not by the heartbeat: no re-queue will follow
-            study._storage.set_trial_system_attr(trial._trial_id, TOLD_FAIL_KEY, True)
+            storage_of(study).set_trial_system_attr(trial_id_of(trial), TOLD_FAIL_KEY, True)
         trials = study.get_trials(deepcopy=False)
         if state == TrialState.COMPLETE and values is not None and GENOME_KEY in trial.system_attrs \
                 and is_child(trial):
             # ``trials`` holds this trial RUNNING; it enters the replay last, as ``extra``
             result = replay_study(study, trials, self.population_size, scale=self.spectrum_scale, extra=(trial, values))
-            study._storage.set_trial_user_attr(trial._trial_id, REPLACED_KEY, result.replaced.get(trial.number))
+            storage_of(study).set_trial_user_attr(trial_id_of(trial), REPLACED_KEY, result.replaced.get(trial.number))
         if self.generations is not None:
             n_planned = self.population_size * self.generations * self.n_children
             if finished(trials, self.population_size, n_planned, current=trial.number, current_state=state,

@@ -32,28 +32,24 @@ attrs :data:`DATA_KEY` (what rebuilds a network: input shape, classes),
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
-import io
-import json
 import logging
-import mimetypes
 import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
 import optuna
 import torch
-from optuna.artifacts import ArtifactMeta, FileSystemArtifactStore, download_artifact
-from optuna.artifacts._upload import ARTIFACTS_ATTR_PREFIX, DEFAULT_MIME_TYPE
+from optuna.artifacts import FileSystemArtifactStore, download_artifact, upload_artifact
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial
 from torch import nn
 
 from gmsearch.nets.builder import build
 from gmsearch.nets.genome import Genome
+from gmsearch.search._optuna_private import journal_file_of, storage_of, trial_id_of, unwrap
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +110,10 @@ def genome_of(trial: optuna.Trial | FrozenTrial) -> Genome:
     """
     if isinstance(trial, optuna.Trial):
         sampled = getattr(trial.study.sampler, "running_genome", None)  # NicheEvolutionSampler of this process
-        genome = sampled(trial.study, trial._trial_id) if sampled is not None else None
+        genome = sampled(trial.study, trial_id_of(trial)) if sampled is not None else None
         if genome is not None:
             return cast(Genome, genome)
-    frozen = trial.study._storage.get_trial(trial._trial_id) if isinstance(trial, optuna.Trial) else trial
+    frozen = trial.storage.get_trial(trial_id_of(trial)) if isinstance(trial, optuna.Trial) else trial
     text = frozen.system_attrs.get(GENOME_KEY)
     if text is None:
         if isinstance(trial, optuna.Trial) and frozen.system_attrs.get(SURPLUS_KEY):
@@ -173,12 +169,10 @@ def default_artifact_dir(storage_url: str | None) -> Path:
 
 def storage_url(study: optuna.Study) -> str | None:
     """The database URL of ``study``'s storage (None for in-memory and other storages)."""
-    storage: Any = study._storage
-    storage = getattr(storage, "_backend", storage)  # the cached storage wraps the RDB one
-    url = getattr(storage, "url", None)
-    if isinstance(url, str):
-        return url
-    path = getattr(getattr(storage, "_backend", None), "_file_path", None)
+    storage = unwrap(storage_of(study))  # Optuna wraps an RDB storage in its cache
+    if isinstance(storage, RDBStorage):
+        return storage.url
+    path = journal_file_of(storage)
     return f"journal:{path}" if path else None
 
 
@@ -217,44 +211,8 @@ def open_artifact_store(folder: str | Path) -> FileSystemArtifactStore:
 # --------------------------------------------------------------------------- trained weights
 
 
-def artifact_record(artifact_id: str, filename: str, *, mimetype: str | None = None) -> dict[str, str]:
-    """The system attr by which Optuna lists an artifact of a trial or study (what ``upload_artifact``
-    writes), so it can be stored in the same transaction as other attrs."""
-    guessed, encoding = mimetypes.guess_type(filename)
-    meta = ArtifactMeta(artifact_id=artifact_id, filename=filename,
-                        mimetype=mimetype or guessed or DEFAULT_MIME_TYPE, encoding=encoding)
-    return {ARTIFACTS_ATTR_PREFIX + artifact_id: json.dumps(dataclasses.asdict(meta))}
-
-
-def write_weights(
-    store: FileSystemArtifactStore,
-    net: nn.Module,
-    genome: Genome,
-    *,
-    input_shape: Sequence[int],
-    num_classes: int,
-    filename: str = "weights.pt",
-) -> tuple[str, dict[str, str]]:
-    """Write a network's weights with what rebuilds it to ``store`` as a new artifact.
-
-    Returns:
-        The artifact id, and its :func:`artifact_record` to store on the
-        owning trial or study (the file is written first, so a stored record
-        always has its file).
-    """
-    payload = {
-        "genome": genome.to_json(),
-        "state_dict": net.state_dict(),
-        "input_shape": [int(v) for v in input_shape],
-        "num_classes": int(num_classes),
-    }
-    buffer = io.BytesIO()
-    torch.save(payload, buffer)
-    buffer.seek(0)
-    artifact_id = str(uuid.uuid4())
-    store.write(artifact_id, buffer)
-    # a torch checkpoint: the system's MIME table may map .pt to something else
-    return artifact_id, artifact_record(artifact_id, filename, mimetype=DEFAULT_MIME_TYPE)
+#: The MIME type of a weights artifact (a torch checkpoint: the system's MIME table may map .pt to something else).
+WEIGHTS_MIME_TYPE = "application/octet-stream"
 
 
 def save_weights(
@@ -265,15 +223,30 @@ def save_weights(
     *,
     input_shape: Sequence[int],
     num_classes: int,
+    filename: str = "weights.pt",
 ) -> str:
-    """Write a network's weights (:func:`write_weights`) and record them on ``owner``; returns the artifact id."""
-    artifact_id, record = write_weights(store, net, genome, input_shape=input_shape, num_classes=num_classes)
-    for key, value in record.items():
-        if isinstance(owner, optuna.Study):
-            owner._storage.set_study_system_attr(owner._study_id, key, value)
-        else:
-            owner.storage.set_trial_system_attr(owner._trial_id, key, value)
-    return artifact_id
+    """Write a network's weights with what rebuilds it to ``store`` as an artifact of ``owner``.
+
+    Optuna's ``upload_artifact`` writes the file first, then its record on
+    ``owner`` (so a stored record always has its file).
+
+    Returns:
+        The artifact id.
+
+    Raises:
+        optuna.exceptions.UpdateFinishedTrialError: ``owner`` is a trial that has finished (the file is written).
+    """
+    payload = {
+        "genome": genome.to_json(),
+        "state_dict": net.state_dict(),
+        "input_shape": [int(v) for v in input_shape],
+        "num_classes": int(num_classes),
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / filename
+        torch.save(payload, path)
+        return upload_artifact(artifact_store=store, file_path=str(path), study_or_trial=owner,
+                               mimetype=WEIGHTS_MIME_TYPE)
 
 
 def load_weights(artifact_id: str, stores: Sequence[FileSystemArtifactStore | str | Path]) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome, spectrum_distance
+from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.census import numbered_from_zero
 from gmsearch.search.schema import (
     ADV_ACC,
@@ -200,9 +201,9 @@ def replay_study(
     replay that starts from scratch each time costs O(trials) genome reads
     per call, this one only the trials completed since the last call.
     """
-    key = (study._study_id, population_size, tuple(scale) if scale is not None else None)
+    key = (study_id_of(study), population_size, tuple(scale) if scale is not None else None)
     with _incremental_lock:
-        per_storage = _incremental.setdefault(study._storage, {})
+        per_storage = _incremental.setdefault(storage_of(study), {})
         incremental = per_storage.get(key)
         if incremental is None:
             incremental = per_storage[key] = IncrementalReplay(population_size, study.directions, scale)
@@ -211,7 +212,7 @@ def replay_study(
 
 def _replay_of(study: optuna.Study, population_size: int | None = None) -> Replay:
     """The replay of ``study`` with the settings of its sampler (or those stored on the study)."""
-    stored = study._storage.get_study_system_attrs(study._study_id).get(SAMPLER_KEY) or {}
+    stored = storage_of(study).get_study_system_attrs(study_id_of(study)).get(SAMPLER_KEY) or {}
     live = study.sampler
     size = population_size or getattr(live, "population_size", None) or stored.get("population_size")
     if size is None:
