@@ -112,6 +112,30 @@ def _file(name: str) -> Callable[[Path], None]:
     return lambda tmp: (tmp / name).write_text("not a folder")
 
 
+#: Plugins a user writes (``plugins = ["{tmp}/plug"]``): a fitness that returns NaN, an attack whose constructor raises.
+PLUGIN = """
+import gmsearch as gms
+
+@gms.fitness.register("cli_nan_fitness")
+def cli_nan_fitness(clean_acc, adv_acc):
+    return float("nan")
+
+@gms.attacks.register("cli_broken_attack")
+class CliBrokenAttack(gms.attacks.Attack):
+    def __post_init__(self):
+        raise RuntimeError("no such kernel")
+"""
+
+
+def _plugin_run(extra: str) -> Callable[[Path], list[str]]:
+    def make(tmp: Path) -> list[str]:
+        (tmp / "plug").mkdir()
+        (tmp / "plug" / "__init__.py").write_text(PLUGIN)
+        return _run(extra, **{'device = "cpu"': 'device = "cpu"\nplugins = ["{tmp}/plug"]'})(tmp)
+
+    return make
+
+
 CASES: list[Case] = [
     Case("storage: SQLite in a folder that does not exist", _run(**{"{tmp}/study.db": "{tmp}/no/such/dir/s.db"}),
          2, "does not exist"),
@@ -148,6 +172,19 @@ CASES: list[Case] = [
          _run(**{"[reference]": '[reference]\nname = "missing/ref.pt"\narch = "hand_a"'}), 2, "no such checkpoint"),
     Case("plugin name that is not found", _run(**{'device = "cpu"': 'device = "cpu"\nplugins = ["no_such_plugin"]'}),
          2, "not found"),
+    Case("fitness plugin that returns NaN", _plugin_run('\n[fitness]\nname = "cli_nan_fitness"\n'),
+         2, "[fitness] fitness 'cli_nan_fitness' returned nan; a fitness must return a finite number"),
+    Case("[fitness] weighted with weight = 2", _run('\n[fitness]\nname = "weighted"\nparams = { weight = 2 }\n'),
+         2, "fitness 'weighted': weighted fitness: weight must be in [0, 1], got 2"),
+    Case("[fitness] params the plugin does not take", _run('\n[fitness]\nname = "mean"\nparams = { weight = 2 }\n'),
+         2, "unexpected keyword argument 'weight'"),
+    Case("attack plugin whose constructor raises",
+         _plugin_run('\n[attack]\nname = "cli_broken_attack"\nparams = { eps = 0.1 }\n'),
+         2, "[attack] attack 'cli_broken_attack': RuntimeError: no such kernel"),
+    Case("[attack] L-inf eps = 5 on images in [0, 1]", _run('\n[attack]\nparams = { eps = 5 }\n'),
+         2, "[attack] attack 'pgd_linf': eps 5 is an L-inf budget on images in [0, 1]: it must be < 1"),
+    Case("[attack] L2 eps beyond the images' diameter",
+         _run('\n[attack]\nname = "pgd_l2"\nparams = { eps = 9.0 }\n'), 2, "are at most sqrt(64) = 8 apart"),
     Case("data: NaN pixels", _npz_run(nan=True), 2, "NaN"),
     Case("data: label outside the declared classes", _npz_run(label=12), 2, "labels run to 12"),
     Case("quickstart --epochs 0", lambda tmp: ["quickstart", "--workdir", str(tmp), "--epochs", "0"], 2, ">= 1"),
@@ -169,7 +206,8 @@ def main() -> int:
             args = case.args(tmp)
             start = time.perf_counter()
             done = subprocess.run([sys.executable, "-m", "gmsearch.cli", *args], capture_output=True, text=True,
-                                  cwd=tmp, env={**os.environ, "GMSEARCH_CACHE": str(tmp / "cache")}, timeout=600)
+                                  cwd=tmp, env={**os.environ, "GMSEARCH_CACHE": str(tmp / "cache"),
+                                                "PYTHONDONTWRITEBYTECODE": "1"}, timeout=600)
             seconds = time.perf_counter() - start
         worst = max(worst, seconds)
         line = (done.stderr.strip().splitlines() or ["(nothing)"])[0]

@@ -117,8 +117,8 @@ def check(cfg: RunConfig) -> None:
     checkpoint exists; the artifact and cache folders are not files.
     """
     load_plugins(cfg.plugins)
-    attacks.get(cfg.attack.name)
-    fitness.get(cfg.fitness.name)
+    check_attack(cfg)
+    fitness.check(cfg.fitness.name, cfg.fitness.params)  # exists, takes its params, returns a finite value
     gm_loss.get(cfg.training.loss)
     for name in cfg.search.mutations:
         mutations.get(name)
@@ -141,6 +141,20 @@ def check(cfg: RunConfig) -> None:
     for what, folder in (("artifacts", artifact_dir(cfg)), ("cache_dir", cache_dir(cfg))):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"[study] {what} {str(folder)!r} is a file; it must be a folder (or not exist yet)")
+
+
+def check_attack(cfg: RunConfig, input_shape: tuple[int, int, int] | None = None) -> None:
+    """``[attack]`` can be built: the name exists, the params are its own and in range (an L-inf ``eps < 1``;
+    with ``input_shape``, an L2 ``eps`` below the images' diameter); one line naming ``[attack]``."""
+    name = cfg.attack.name
+    try:
+        if input_shape is None:  # before the data: any kind's default budget under the overrides
+            attack = attacks.create(name, **{**attacks.default_budget(name, in_channels=1), **cfg.attack.params})
+        else:
+            attack = attacks.create(name, **attack_params(cfg, input_shape))
+            attack.check_budget(input_shape)
+    except (TypeError, ValueError) as exc:  # a parameter it does not take, or out of range (names the attack)
+        raise UsageError(f"[attack] {exc}") from None
 
 
 def load_data(cfg: RunConfig, *, device: str | torch.device | None = None) -> datasets.Dataset:
@@ -298,6 +312,7 @@ def assemble(
     device = device_for(cfg, worker)
     data = load_data(cfg, device=device)
     sampler = make_sampler(cfg, data)  # checks min_distance can be met
+    check_attack(cfg, data.input_shape)  # an L2 budget against the images' size
     if echo is not None:
         echo("plan:")
         for line in plan(cfg, data, device, workers=workers):

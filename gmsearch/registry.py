@@ -2,7 +2,8 @@
 
 A registry maps a name to a plugin object (a class or a function). Plugins
 register with a decorator; callers look them up with ``get`` or instantiate
-them with ``create``. Unknown names raise an error listing the allowed ones.
+them with ``create``. Unknown names raise an error listing the allowed ones;
+a plugin that fails to start raises :class:`PluginError` naming it.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
+
+from gmsearch.errors import GmsearchError, UsageError
 
 T = TypeVar("T")
 logger = logging.getLogger(__name__)
@@ -53,6 +56,30 @@ class UnknownPluginError(KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its message; we want it plain
         return str(self.args[0])
+
+
+class PluginError(UsageError, TypeError):
+    """A plugin that failed to start, or returned what it must not; the message names the plugin and the rule.
+
+    Exit status 2 on the command line. It is a ``ValueError`` and a ``TypeError``
+    so that callers catching what the plugin raised (a bad parameter value or
+    name) still catch it.
+    """
+
+
+def start_plugin(kind: str, name: str, obj: Callable[..., Any], kwargs: dict[str, Any]) -> Any:
+    """``obj(**kwargs)``; an exception it raises comes back as :class:`PluginError` naming ``kind`` ``name``.
+
+    gmsearch's own errors (already one clear line, with their exit status) and
+    ``OSError`` (the environment: files, devices) pass unchanged.
+    """
+    try:
+        return obj(**kwargs)
+    except (GmsearchError, OSError):
+        raise
+    except Exception as exc:
+        what = "" if isinstance(exc, ValueError | TypeError) else f"{type(exc).__name__}: "
+        raise PluginError(f"{kind} {name!r}: {what}{exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -147,9 +174,14 @@ class Registry(Generic[T]):
             ) from None
 
     def create(self, name: str, **kwargs: Any) -> Any:
-        """Call the plugin registered under ``name`` with ``kwargs`` (classes are instantiated)."""
+        """Call the plugin registered under ``name`` with ``kwargs`` (classes are instantiated).
+
+        Raises:
+            UnknownPluginError: ``name`` is not registered (the message lists the registered ones).
+            PluginError: The plugin raised (a bad parameter, a bug); the message names it.
+        """
         obj: Any = self.get(name)
-        return obj(**kwargs)
+        return start_plugin(self.kind, name, obj, kwargs)
 
     def names(self) -> list[str]:
         """Registered names, sorted."""

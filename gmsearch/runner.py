@@ -119,6 +119,35 @@ def requeue_interrupted(study: optuna.Study) -> list[int]:
     return [t.number for t in again]
 
 
+def trial_summary(study: optuna.Study) -> str:
+    """What became of a study's trials, in one line: ``8 trials: 6 complete, 1 interrupted (1 retried), 1 surplus``.
+
+    A trial stopped by Ctrl-C (or failed by the heartbeat) stays in the study
+    as FAIL beside its retry, a later trial with the same genome; so the
+    total counts both, and ``(retried)`` says how many already have their retry.
+    """
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    counts: Counter[str] = Counter()
+    again: Counter[str] = Counter()
+    for t in trials:
+        if t.state == TrialState.COMPLETE:
+            kind = "complete"
+        elif t.state == TrialState.PRUNED:
+            kind = "pruned" if GENOME_KEY in t.system_attrs else "surplus"
+        elif t.state == TrialState.FAIL:
+            kind = "interrupted" if t.user_attrs.get(FAIL_REASON_KEY) == INTERRUPTED else "failed"
+            again[kind] += t.number in retried
+        else:
+            kind = "waiting" if t.state == TrialState.WAITING else "running"
+        counts[kind] += 1
+    parts = []
+    for kind in ("complete", "pruned", "interrupted", "failed", "waiting", "running", "surplus"):
+        if counts[kind]:
+            parts.append(f"{counts[kind]} {kind}" + (f" ({again[kind]} retried)" if again[kind] else ""))
+    return f"{len(trials)} trials" + (": " + ", ".join(parts) if parts else "")
+
+
 def failure_summary(study: optuna.Study) -> str | None:
     """When no trial with a genome completed but some failed: the most common reason, else None."""
     trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]

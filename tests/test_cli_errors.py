@@ -17,6 +17,7 @@ def test_bad_input_fails_fast_in_one_line(
 ) -> None:
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("GMSEARCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr("sys.dont_write_bytecode", True)  # a plugin folder the case wrote gets no __pycache__
     args = case.args(tmp_path)
     before = {p for p in tmp_path.rglob("*")}
     trained: list[str] = []

@@ -6,7 +6,10 @@ constructor and one call signature, ``attack(model, x, y) -> x_adv``
 models normalise inside themselves. The result lives on ``x``'s device:
 nothing is moved or guessed. During a call the model is in eval mode and its
 parameters are frozen; both are restored afterwards, and no gradient reaches
-``param.grad``.
+``param.grad``. What :meth:`Attack.perturb` returns is checked (the chunk's
+shape, dtype and device; the whole result in ``[0, 1]`` once per call), and a
+budget that covers the whole image space (an L-inf ``eps >= 1``, an L2 ``eps``
+at least the images' diameter) is refused: the error names the attack and the rule.
 
 Built-ins match torchattacks (``PGD(random_start=False)``, ``PGDL2``,
 ``FGSM``, ``MIFGSM``) update for update. One deliberate difference: the loss
@@ -55,7 +58,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmsearch import interrupt
-from gmsearch.registry import Registry
+from gmsearch.registry import PluginError, Registry, start_plugin
 
 #: All attacks, by name. ``gmsearch plugins`` lists it.
 registry = Registry[type["Attack"]]("attack")
@@ -121,7 +124,8 @@ def create(name: str, **params: Any) -> Attack:
     Raises:
         UnknownPluginError: ``name`` is not registered (the message lists the available names).
         TypeError: A parameter the attack does not take (the message lists the allowed ones).
-        ValueError: A parameter value out of range (the message names it).
+        PluginError: A parameter value out of range, or any other error of the attack's
+            constructor (a ``ValueError`` and ``TypeError``; the message names the attack).
     """
     cls = get(name)
     allowed = constructor_params(cls)
@@ -132,7 +136,7 @@ def create(name: str, **params: Any) -> Attack:
                 f"attack {name!r} has no parameter(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(allowed)}"
             )
-    return cls(**params)
+    return start_plugin("attack", name, cls, params)
 
 
 # --------------------------------------------------------------------------- validation
@@ -238,6 +242,9 @@ class Attack:
 
     #: Registry name; set by :func:`register`.
     name: ClassVar[str] = ""
+    #: The norm ``eps`` is measured in: ``"linf"`` or ``"l2"`` (its largest useful value is then
+    #: checked), or None (not checked).
+    norm: ClassVar[str | None] = None
 
     eps: float
     batch_size: int = 512
@@ -251,6 +258,38 @@ class Attack:
         self.eps = _check_number("eps", self.eps)
         self.batch_size = _check_int("batch_size", self.batch_size, low=1)
         self.seed = _check_int("seed", self.seed, low=0)
+        if self.norm == "linf" and self.eps >= 1.0:
+            raise ValueError(
+                f"eps {self.eps:g} is an L-inf budget on images in [0, 1]: it must be < 1 (1 allows any image); "
+                "usual values are 8/255 for colour images and 0.1-0.3 for grey digits"
+            )
+
+    def check_budget(self, input_shape: tuple[int, ...]) -> None:
+        """Refuse an L2 ``eps`` at least the diameter of the images ``[0, 1]^input_shape`` (any image is then
+        reachable); :class:`~gmsearch.registry.PluginError` naming the attack."""
+        diameter = math.sqrt(math.prod(input_shape))
+        if self.norm == "l2" and self.eps >= diameter:
+            raise PluginError(
+                f"attack {self.name or type(self).__name__!r}: eps {self.eps:g} is an L2 budget; images of shape "
+                f"{tuple(input_shape)} in [0, 1] are at most sqrt({math.prod(input_shape)}) = {diameter:.4g} "
+                "apart, so it must be smaller than that"
+            )
+
+    def _check_output(self, adv: Any, x: Tensor) -> Tensor:
+        """What :meth:`perturb` returned for chunk ``x``: a tensor of its shape, dtype and device."""
+        got = (
+            (tuple(adv.shape), adv.dtype, adv.device) if isinstance(adv, Tensor) else None
+        )
+        if got != (tuple(x.shape), x.dtype, x.device):
+            shown = (
+                f"shape {got[0]}, dtype {got[1]} on {got[2]}" if got is not None else f"a {type(adv).__name__}"
+            )
+            raise PluginError(
+                f"attack {self.name or type(self).__name__!r}: perturb returned {shown} for a chunk of shape "
+                f"{tuple(x.shape)}, dtype {x.dtype} on {x.device}; it must return images of the chunk's shape, "
+                "dtype and device, in [0, 1]"
+            )
+        return adv
 
     # ---- what subclasses implement
 
@@ -312,6 +351,7 @@ class Attack:
         x = x.detach()
         if x.shape[0] == 0:
             return x.clone()
+        self.check_budget(tuple(x.shape[1:]))
         with _frozen_eval(model):
             generator = torch.Generator(device=x.device).manual_seed(self.seed)
             start = self.start(x, generator) if self.stochastic else x
@@ -319,7 +359,14 @@ class Attack:
             for lo in range(0, x.shape[0], self.batch_size):
                 interrupt.check()
                 hi = lo + self.batch_size
-                out[lo:hi] = self.perturb(model, x[lo:hi], y[lo:hi], start[lo:hi], generator)
+                chunk = x[lo:hi]
+                out[lo:hi] = self._check_output(self.perturb(model, chunk, y[lo:hi], start[lo:hi], generator), chunk)
+        if not bool(((out >= 0) & (out <= 1)).all()):  # once per call: one host sync
+            raise PluginError(
+                f"attack {self.name or type(self).__name__!r}: perturb returned values in "
+                f"[{out.min().item():.4g}, {out.max().item():.4g}] (NaN counts as outside); adversarial images "
+                "must lie in [0, 1] (clamp them)"
+            )
         return out
 
     def params(self) -> dict[str, Any]:

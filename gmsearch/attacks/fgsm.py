@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import Tensor, nn
 
@@ -18,6 +20,7 @@ class FGSM(Attack):
         seed: Unused (deterministic).
     """
 
+    norm: ClassVar[str | None] = "linf"
     eps: float = 8 / 255
 
     def perturb(self, model: nn.Module, x: Tensor, y: Tensor, start: Tensor, generator: torch.Generator) -> Tensor:

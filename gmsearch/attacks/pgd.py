@@ -28,6 +28,7 @@ class PGDLinf(Attack):
         seed: Seeds the random start.
     """
 
+    norm: ClassVar[str | None] = "linf"
     eps: float = 8 / 255
     alpha: float = 2 / 255
     steps: int = 10
@@ -78,6 +79,7 @@ class PGDL2(PGDLinf):
 
     #: Added to gradient norms before dividing (as torchattacks).
     eps_for_division: ClassVar[float] = 1e-10
+    norm: ClassVar[str | None] = "l2"
 
     eps: float = 1.0
     alpha: float = 0.2

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 import optuna
 import torch
 from optuna.artifacts import FileSystemArtifactStore
+from optuna.artifacts.exceptions import ArtifactNotFound
 from torch import nn
 
 from gmsearch import attacks, cache
@@ -129,6 +131,7 @@ class GMObjective:
             raise ValueError(f"inherit_epochs must be in (0, 1], got {inherit_epochs}")
         self.inherit, self.inherit_epochs = inherit, inherit_epochs
         self.cuda_graph = cuda_graph
+        self.adversarial_val = self._adversarial("val")  # before the artifact folder: a failing attack leaves none
         self._artifact_dir: Path | None = None  # recorded on the study at the first trial
         self._auto_store = artifact_store == "auto"
         if isinstance(artifact_store, str | Path) and not self._auto_store:
@@ -137,7 +140,6 @@ class GMObjective:
         self.artifact_store: FileSystemArtifactStore | None = (
             artifact_store if isinstance(artifact_store, FileSystemArtifactStore) else None
         )
-        self.adversarial_val = self._adversarial("val")
         self._adversarial_test: AdversarialSet | None = None
         self.ref_grads = (
             reference_gradients(self.reference, self.data.train, cache_dir=self.cache_dir) if lam else None
@@ -201,20 +203,23 @@ class GMObjective:
                 adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
             results.update(clean_acc=clean, adv_acc=adv, epochs=epochs,
                            train_seconds=round(time.perf_counter() - start, 3))
+            value = self.fitness(clean, adv)  # checked: a bad value fails the trial before its weights are written
             if store is not None:
                 weights = self._write_weights(trial, net, genome)
                 if weights is not None:
                     results[WEIGHTS_KEY] = weights
-            value = self.fitness(clean, adv)
             trained = True
-            return tuple(float(v) for v in value) if self.n_objectives > 1 else float(value)
+            return value  # a float or a tuple of floats: fitness.create checks it
         except (Interrupted, KeyboardInterrupt):
             results[FAIL_REASON_KEY] = INTERRUPTED  # the runner re-queues it with its genome
             raise
-        except (TrainingDivergedError, RuntimeError) as exc:
-            if not isinstance(exc, TrainingDivergedError) and not _is_oom(exc):
+        except (TrainingDivergedError, RuntimeError, fitness_plugins.FitnessValueError) as exc:
+            if isinstance(exc, fitness_plugins.FitnessValueError):  # the plugin's fault: named, once per trial
+                reason = str(exc)
+            elif isinstance(exc, TrainingDivergedError) or _is_oom(exc):
+                reason = f"{'out of memory' if _is_oom(exc) else 'diverged'}: {exc}"
+            else:
                 raise
-            reason = f"{'out of memory' if _is_oom(exc) else 'diverged'}: {exc}"
             logger.warning("trial %d failed (%s); the study goes on", trial.number, reason)
             results[FAIL_REASON_KEY] = reason[:500]
             nan = float("nan")
@@ -237,8 +242,16 @@ class GMObjective:
         parent = next((t for t in trial.study.get_trials(deepcopy=False) if t.number == parent_number), None)
         if parent is None or WEIGHTS_KEY not in parent.user_attrs:
             return False
-        payload = schema.load_weights(schema.trial_weights_id(parent), [store])
-        copied = inherit_weights(net, payload["state_dict"], Genome.from_json(payload["genome"]))
+        try:  # a weights file deleted, moved or damaged since the parent finished: train from scratch
+            payload = schema.load_weights(schema.trial_weights_id(parent), [store])
+            state, parent_genome = payload["state_dict"], Genome.from_json(payload["genome"])
+        except (OSError, ArtifactNotFound, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError,
+                TypeError) as exc:
+            logger.warning("trial %d: the weights of its parent, trial %d, cannot be read (%s: %s); training from "
+                           "scratch", trial.number, parent_number, type(exc).__name__, str(exc)[:200])
+            trial.set_user_attr(INHERITED_KEY, [])
+            return False
+        copied = inherit_weights(net, state, parent_genome)
         trial.set_user_attr(INHERITED_KEY, copied)
         return bool(copied)
 
