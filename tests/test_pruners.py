@@ -285,8 +285,9 @@ def test_pruners_are_created_by_name() -> None:
     assert REGISTRIES["pruner"] is pruners.registry
     niche = pruners.create("niche", warmup=3, margin=0.2, shadow=True)
     assert isinstance(niche, NichePruner) and (niche.warmup, niche.margin, niche.shadow) == (3, 0.2, True)
-    assert isinstance(pruners.create("median", n_warmup_steps=2), optuna.pruners.MedianPruner)
-    assert isinstance(pruners.create("hyperband"), optuna.pruners.HyperbandPruner)
+    median = pruners.create("median", n_warmup_steps=2)  # in ChildrenOnly: see tests/test_pruner_safety.py
+    assert isinstance(median, pruners.ChildrenOnly) and isinstance(median.inner, optuna.pruners.MedianPruner)
+    assert isinstance(pruners.create("hyperband").inner, optuna.pruners.HyperbandPruner)
     assert isinstance(pruners.create("nop"), optuna.pruners.NopPruner)
     assert gms.NichePruner is NichePruner
     with pytest.raises(KeyError, match="unknown pruner 'nope'; available: .*niche"):

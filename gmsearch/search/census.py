@@ -5,7 +5,9 @@ live trials are initial candidates, the rest children in number order.
 Trials other workers are still sampling (RUNNING, no genome yet, younger
 than :data:`PENDING_SECONDS`) count as what they are about to become; a
 trial just failed by the heartbeat keeps its place until Optuna has
-re-queued it. See :mod:`gmsearch.search.sampler`.
+re-queued it. A pruned initial candidate counts as a failed one (it never
+enters the population, so another takes its place); a pruned child counts.
+See :mod:`gmsearch.search.sampler`.
 
 Both passes over a study (:func:`census_of`, :func:`finished`) are
 incremental with a :class:`Settled` (one per study and process, from
@@ -76,7 +78,7 @@ class _Prefix:
     n_initial: int = 0  # initial candidates with a genome, not failed
     initial: list[FrozenTrial] = field(default_factory=list)
     children: list[FrozenTrial] = field(default_factory=list)  # children with a genome, not failed, in number order
-    done_initial: int = 0  # COMPLETE or PRUNED, with a genome
+    done_initial: int = 0  # COMPLETE, with a genome
     done_children: int = 0
 
 
@@ -127,9 +129,16 @@ def numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
     return len(trials) >= n and (n == 0 or (trials[0].number == 0 and trials[n - 1].number == n - 1))
 
 
+def pruned_initial(t: FrozenTrial) -> bool:
+    """A PRUNED initial candidate: it never enters the population (the replay takes COMPLETE trials only), so it
+    counts for nothing and another initial candidate takes its place, as after a failure."""
+    return t.state == TrialState.PRUNED and not is_child(t)
+
+
 def _count(p: _Prefix, t: FrozenTrial) -> None:
-    """Add settled trial ``t`` to the prefix (a failed one, or one without a genome, counts for nothing)."""
-    if GENOME_KEY not in t.system_attrs or t.state == TrialState.FAIL:
+    """Add settled trial ``t`` to the prefix (a failed one, a pruned initial candidate or one without a genome
+    counts for nothing)."""
+    if GENOME_KEY not in t.system_attrs or t.state == TrialState.FAIL or pruned_initial(t):
         return
     if is_child(t):
         p.children.append(t)
@@ -169,7 +178,8 @@ def census_of(
         return {n for t in trials for n in t.system_attrs.get("retry_history", ())}
 
     for t in rest:
-        if t.number == me or (t.state == TrialState.FAIL and not requeue_pending(t, retried, now)):
+        if t.number == me or (t.state == TrialState.FAIL and not requeue_pending(t, retried, now)) \
+                or pruned_initial(t):
             continue
         if GENOME_KEY in t.system_attrs:
             if not is_child(t):
@@ -219,7 +229,7 @@ def finished(
         state = current_state if t.number == current and current_state is not None else t.state
         if state in (TrialState.RUNNING, TrialState.WAITING):
             return False
-        if state in (TrialState.COMPLETE, TrialState.PRUNED):
+        if state == TrialState.COMPLETE or (state == TrialState.PRUNED and is_child(t)):
             if is_child(t):
                 done_children += 1
             else:

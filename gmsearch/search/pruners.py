@@ -14,6 +14,12 @@ Pruners register like every other plugin kind: ``niche`` (this module's
     pruner = gms.pruners.create("niche", warmup=1, margin=0.08)
     study = gms.create_study(study_name="digits", sampler=sampler, pruner=pruner)
 
+:func:`create` makes every pruner safe under the sampler (:func:`children_only`):
+initial candidates are never pruned, and a ``HyperbandPruner`` no longer makes
+Optuna hand the sampler one bracket's view of the study. (Given directly, the
+sampler still reads the whole study, and a pruned initial candidate is replaced
+like a failed one.)
+
 Storage keys (user attrs of a child trial) are listed in the block below.
 """
 
@@ -55,9 +61,43 @@ names = registry.names
 
 
 def create(name: str, **params: Any) -> BasePruner:
-    """The pruner ``name`` built with ``params`` (e.g. ``create("niche", margin=0.05)``)."""
+    """The pruner ``name`` built with ``params`` (e.g. ``create("niche", margin=0.05)``), safe under the
+    sampler (:func:`children_only`)."""
     pruner: BasePruner = registry.create(name, **params)
-    return pruner
+    return children_only(pruner)
+
+
+class ChildrenOnly(BasePruner):
+    """``inner`` asked about children only: initial candidates always train in full.
+
+    Algorithm 1's initial candidates are the first ``population_size`` trials
+    without a parent to complete; a pruned one never enters the population and
+    is only lost work (another takes its place). Trials without the sampler's
+    ``gmsearch:parent`` (not a gmsearch study) go to ``inner`` as they are.
+    Wrapped, a ``HyperbandPruner`` is no longer the study's pruner, so Optuna
+    hands the sampler the whole study instead of one bracket's trials; it still
+    brackets its own decisions.
+    """
+
+    def __init__(self, inner: BasePruner) -> None:
+        self.inner = inner
+
+    def __repr__(self) -> str:
+        return f"ChildrenOnly({self.inner!r})"
+
+    def prune(self, study: Study, trial: FrozenTrial) -> bool:
+        """``inner``'s decision for a child; False for an initial candidate."""
+        if PARENT_KEY in trial.user_attrs and trial.user_attrs[PARENT_KEY] is None:
+            return False
+        return bool(self.inner.prune(study, trial))
+
+
+def children_only(pruner: BasePruner) -> BasePruner:
+    """``pruner`` as it is when it never stops an initial candidate (``NopPruner``, :class:`NichePruner`), else in
+    :class:`ChildrenOnly`. Every pruner :func:`create` makes goes through it."""
+    if isinstance(pruner, optuna.pruners.NopPruner | NichePruner | ChildrenOnly):
+        return pruner
+    return ChildrenOnly(pruner)
 
 
 def _search_settings(study: Study) -> tuple[int | None, list[float] | None]:

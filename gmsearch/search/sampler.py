@@ -81,7 +81,7 @@ from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
 from gmsearch.search._optuna_private import heartbeat_interval as _heartbeat_interval
 from gmsearch.search._optuna_private import record_heartbeat as _record_heartbeat
-from gmsearch.search._optuna_private import storage_of, study_id_of, trial_id_of
+from gmsearch.search._optuna_private import storage_of, study_id_of, trial_id_of, whole_study
 from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished, settled_of
 from gmsearch.search.schema import (
     ARCH_KEY,
@@ -317,6 +317,7 @@ class NicheEvolutionSampler(BaseSampler):
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        study = whole_study(study)  # Algorithm 1 counts every trial, never one Hyperband bracket's
         self._sync_config(study)
         storage, tid = storage_of(study), trial_id_of(trial)
         heartbeat = _heartbeat_interval(storage)
@@ -422,6 +423,7 @@ class NicheEvolutionSampler(BaseSampler):
         self, study: Study, trial: FrozenTrial, state: TrialState, values: Sequence[float] | None
     ) -> None:
         # ``trial`` was just read from storage by Optuna's tell, which calls this only for a RUNNING trial
+        study = whole_study(study)
         self._running.pop((study.study_name, trial_id_of(trial)), None)
         self._independent.after_trial(study, trial, state, values)
         if trial.state.is_finished():
