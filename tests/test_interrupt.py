@@ -7,17 +7,20 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 import gmsearch as gms
-from gmsearch import runner
+from gmsearch import interrupt, runner
 from gmsearch.errors import Interrupted
+from gmsearch.search import sampler as sampler_module
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY, TOLD_FAIL_KEY
 
 CONFIG = """
@@ -139,3 +142,60 @@ def test_a_completed_retry_reads_as_completed_and_retry_histories_stay() -> None
     assert FAIL_REASON_KEY not in fifth.user_attrs and "params" not in fifth.user_attrs
     assert fifth.system_attrs[GENOME_KEY] == third.system_attrs[GENOME_KEY]
     assert fifth.user_attrs[PARENT_KEY] == third.user_attrs[PARENT_KEY]
+
+
+def test_ctrl_c_stops_a_surplus_trial_waiting_for_other_workers(tmp_path: Path) -> None:
+    sampler = gms.NicheEvolutionSampler(population_size=1, n_children=1, generations=1, seed=0)
+    study = gms.create_study(study_name="wait", storage=f"sqlite:///{tmp_path}/s.db", sampler=sampler)
+    study.tell(study.ask(), 1.0)
+    training = study.ask()  # the last planned child, trained by "another worker" (fresh heartbeat)
+    safety = threading.Timer(4.0, lambda: study.tell(training, 1.0))  # before the fix: the wait ends here
+    safety.start()
+    try:
+        with interrupt.stop_on_sigint():
+            interrupt.request()  # the first Ctrl-C
+            started = time.monotonic()
+            with pytest.raises(Interrupted):
+                study.ask()  # surplus: waits while the child trains, unless it sees the Ctrl-C
+            seconds = time.monotonic() - started
+    finally:
+        safety.cancel()
+    assert seconds < 2.0
+    waited = study.get_trials(deepcopy=False)[-1]
+    assert waited.number == 2 and waited.state == TrialState.FAIL and GENOME_KEY not in waited.system_attrs
+    assert waited.user_attrs[FAIL_REASON_KEY] == INTERRUPTED
+
+
+def test_a_second_ctrl_c_inside_ask_leaves_no_running_trial(monkeypatch: pytest.MonkeyPatch) -> None:
+    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, min_distance=2.0, generations=1, seed=0)
+    study = gms.create_study(study_name="ask", storage=None, sampler=sampler)
+
+    def ctrl_c(*args: object, **kwargs: object) -> gms.Genome:
+        raise KeyboardInterrupt  # lands while the genome is being made
+
+    with monkeypatch.context() as patch:
+        patch.setattr(gms.mutations, "random_genome_far_from", ctrl_c)
+        with pytest.raises(KeyboardInterrupt):
+            study.optimize(_interrupted_on(set()), n_trials=1)
+    (first,) = study.get_trials(deepcopy=False)
+    assert first.state == TrialState.FAIL and GENOME_KEY not in first.system_attrs
+
+    real_write = sampler_module.write_trial
+
+    def ctrl_c_after_the_genome(storage: object, trial_id: int, **kw: Any) -> None:
+        real_write(storage, trial_id, **kw)  # type: ignore[arg-type]
+        if GENOME_KEY in (kw.get("system_attrs") or {}):
+            raise KeyboardInterrupt  # lands just after the genome was stored
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sampler_module, "write_trial", ctrl_c_after_the_genome)
+        with pytest.raises(Interrupted):
+            runner.optimize_until_finished(study, _interrupted_on(set()))
+    second = study.get_trials(deepcopy=False)[1]
+    assert second.state == TrialState.FAIL and GENOME_KEY in second.system_attrs
+    assert runner.optimize_until_finished(study, _interrupted_on(set()))  # its re-queued copy trains
+    trials = study.get_trials(deepcopy=False)
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
+    assert retry.state == TrialState.COMPLETE and retry.system_attrs[GENOME_KEY] == second.system_attrs[GENOME_KEY]
+

@@ -36,7 +36,10 @@ once. On storages with a heartbeat a surplus trial first waits, failing
 stale trials itself, until the planned trials are all finished (then every
 worker stops), a dead worker's trial is re-queued (then it is picked up
 next) or a failed one leaves a vacancy (then this trial takes it). So no
-worker quits while a dead worker's trial may still need a retry.
+worker quits while a dead worker's trial may still need a retry. A Ctrl-C
+(:mod:`gmsearch.interrupt`) stops that wait; a trial interrupted while being
+sampled is failed with reason ``interrupted`` (re-queued by the runner when it
+already has its genome), never left RUNNING.
 
 The population (:func:`replay`) is a deterministic replay of completed
 trials in completion order: initial candidates fill the slots; each child
@@ -77,6 +80,8 @@ from optuna.storages import BaseStorage
 from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
+from gmsearch import interrupt
+from gmsearch.errors import Interrupted
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
 from gmsearch.search._optuna_private import heartbeat_interval as _heartbeat_interval
@@ -86,8 +91,10 @@ from gmsearch.search.census import SETTLE_SECONDS, Census, census_of, finished, 
 from gmsearch.search.schema import (
     ARCH_KEY,
     EPOCHS_KEY,
+    FAIL_REASON_KEY,
     GENERATION_KEY,
     GENOME_KEY,
+    INTERRUPTED,
     PARENT_KEY,
     REPLACED_KEY,
     SAMPLER_KEY,
@@ -317,6 +324,27 @@ class NicheEvolutionSampler(BaseSampler):
         return self._independent.sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
+        try:
+            self._sample(study, trial)
+        except (Interrupted, KeyboardInterrupt):
+            self._fail_interrupted(study, trial)
+            raise
+
+    def _fail_interrupted(self, study: Study, trial: FrozenTrial) -> None:
+        """Ctrl-C while ``trial`` was being sampled (inside Optuna's ``ask``): fail it, never leave it RUNNING.
+
+        Marked as failed by its worker with reason ``interrupted``: a trial that
+        already has its genome is re-queued by the runner, one without is not.
+        """
+        storage, tid = storage_of(study), trial_id_of(trial)
+        self._running.pop((study.study_name, tid), None)
+        try:
+            write_trial(storage, tid, user_attrs={FAIL_REASON_KEY: INTERRUPTED}, system_attrs={TOLD_FAIL_KEY: True})
+            storage.set_trial_state_values(tid, TrialState.FAIL)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # failed as stale by another worker meanwhile (and re-queued by it)
+
+    def _sample(self, study: Study, trial: FrozenTrial) -> None:
         study = whole_study(study)  # Algorithm 1 counts every trial, never one Hyperband bracket's
         self._sync_config(study)
         storage, tid = storage_of(study), trial_id_of(trial)
@@ -387,6 +415,7 @@ class NicheEvolutionSampler(BaseSampler):
         marked = bool(trial.system_attrs.get(SURPLUS_KEY))  # a re-queued surplus trial
         beat = time.monotonic()
         while True:
+            interrupt.check()  # Ctrl-C while waiting (e.g. for other workers' trials): stop here
             trials = study.get_trials(deepcopy=False)
             census = census_of(trials, trial.number, self.population_size, datetime.now(), settled_of(study))
             if census.settling and time.monotonic() < settle_until:
