@@ -74,7 +74,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(f"{PROG}: error: study {study.study_name!r}: {failed}", file=sys.stderr)
         return 1
     done = [t for t in study.get_trials(deepcopy=False) if t.values]
-    print(f"study {study.study_name}: {len(study.trials)} trials, {len(done)} finished")
+    print(f"study {study.study_name}: {runner.trial_summary(study)}")
     if done and len(study.directions) == 1:
         best = study.best_trial
         print(f"best: trial {best.number}, fitness {best.value:.4f} (val clean {best.user_attrs.get('clean_acc')}, "

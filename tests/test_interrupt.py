@@ -199,3 +199,12 @@ def test_a_second_ctrl_c_inside_ask_leaves_no_running_trial(monkeypatch: pytest.
     (retry,) = [t for t in trials if t.system_attrs.get("failed_trial") == 1]
     assert retry.state == TrialState.COMPLETE and retry.system_attrs[GENOME_KEY] == second.system_attrs[GENOME_KEY]
 
+
+def test_the_run_summary_counts_an_interrupted_trial_beside_its_retry() -> None:
+    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, min_distance=2.0, generations=2, seed=0)
+    study = gms.create_study(study_name="summary", storage=None, sampler=sampler)
+    with pytest.raises(Interrupted):
+        runner.optimize_until_finished(study, _interrupted_on({3}))
+    assert runner.trial_summary(study) == "5 trials: 3 complete, 1 interrupted (1 retried), 1 waiting"
+    assert runner.optimize_until_finished(study, _interrupted_on(set()))
+    assert runner.trial_summary(study) == "7 trials: 6 complete, 1 interrupted (1 retried)"
