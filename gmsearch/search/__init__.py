@@ -3,7 +3,11 @@ and refinement of the final population."""
 
 from __future__ import annotations
 
-from gmsearch.search import fitness, mutations
+from gmsearch.search import (
+    _optuna_private,  # noqa: F401  (first: an Optuna it does not know stops here)
+    fitness,
+    mutations,
+)
 from gmsearch.search.objective import GMObjective, load_trial_model
 from gmsearch.search.refinement import RefineResult, refine
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for

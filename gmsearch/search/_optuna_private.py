@@ -28,7 +28,6 @@ from typing import Any, NoReturn
 
 import optuna
 from optuna.storages import BaseStorage, JournalStorage
-from optuna.storages.journal import JournalFileBackend
 from optuna.study import Study
 from optuna.trial import FrozenTrial, Trial
 
@@ -64,7 +63,7 @@ class IncompatibleOptunaError(ImportError):
 def incompatible(what: str) -> IncompatibleOptunaError:
     """The error for a missing or changed private name ``what``."""
     return IncompatibleOptunaError(
-        f"gmsearch needs Optuna's private {what}, which the installed optuna {optuna.__version__} does not have; "
+        f"gmsearch needs Optuna's {what}, which the installed optuna {optuna.__version__} does not have; "
         f"install an Optuna gmsearch was tested with ({TESTED}): pip install '{REQUIREMENT}'"
     )
 
@@ -77,8 +76,10 @@ try:
     from optuna.storages import _CachedStorage
     from optuna.storages._heartbeat import BaseHeartbeat
     from optuna.storages._heartbeat import is_heartbeat_enabled as _is_heartbeat_enabled
+    from optuna.storages.journal import JournalFileBackend
 except ImportError:
-    _missing("optuna.storages._CachedStorage / optuna.storages._heartbeat (BaseHeartbeat, is_heartbeat_enabled)")
+    _missing("optuna.storages._CachedStorage / optuna.storages._heartbeat (BaseHeartbeat, is_heartbeat_enabled) / "
+             "optuna.storages.journal.JournalFileBackend")
 for _name in ("record_heartbeat", "_get_stale_trial_ids", "get_heartbeat_interval",
               "get_heartbeat_stale_trial_callback"):
     if not callable(getattr(BaseHeartbeat, _name, None)):
