@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 import gmsearch as gms
 from gmsearch.search.census import PENDING_SECONDS, census_of
 from gmsearch.search.sampler import SPECTRUM_PARAMS
-from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY, TOLD_FAIL_KEY
+from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY, TOLD_FAIL_KEY, trial_seed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -334,3 +334,28 @@ def test_a_worker_with_other_mutation_operators_warns(caplog: pytest.LogCaptureF
         assert "other sampler settings (mutations)" in caplog.text
     finally:
         gms.mutations.registry.unregister("noop_for_test")
+
+
+def test_two_threads_draw_what_one_worker_draws() -> None:
+    """Optuna reseeds the sampler in each thread of ``n_jobs > 1``: every draw still derives from (seed, trial)."""
+
+    def with_lr(trial: optuna.Trial) -> float:
+        trial.suggest_float("lr", 1e-4, 1e-1, log=True)  # an independent param, drawn by the sampler
+        return objective(trial)
+
+    studies = []
+    for n_jobs in (1, 2):
+        study = gms.create_study(study_name=f"jobs{n_jobs}", storage=None, sampler=sampler(generations=2))
+        study.optimize(with_lr, n_trials=100, n_jobs=n_jobs)
+        studies.append({t.number: t for t in study.trials if GENOME_KEY in t.system_attrs})
+    serial, threaded = studies
+    assert len(threaded) == len(serial) == gms.n_trials_for(2, S, N)
+    assert {n: t.params["lr"] for n, t in threaded.items()} == {n: t.params["lr"] for n, t in serial.items()}
+    initial = [n for n, t in serial.items() if t.user_attrs[PARENT_KEY] is None]
+    assert all(threaded[n].system_attrs[GENOME_KEY] == serial[n].system_attrs[GENOME_KEY] for n in initial)
+    toolbox = gms.mutations.toolbox(k=(4, 5))
+    for number, child in threaded.items():  # a child: its parent's genome mutated by the trial's own rng
+        parent = child.user_attrs[PARENT_KEY]
+        if parent is not None:
+            rng = random.Random(trial_seed(7, number))
+            assert toolbox.aggressive(gms.genome_of(threaded[parent]), rng) == gms.genome_of(child)

@@ -247,7 +247,6 @@ class NicheEvolutionSampler(BaseSampler):
             raise ValueError(f"budget.max_blocks must be <= {SPECTRUM_MAX}, got {self.budget.max_blocks}")
         self.spectrum_scale = list(spectrum_scale) if spectrum_scale else None
         self._seed = seed if seed is not None else random.SystemRandom().randrange(2**31)
-        self._independent = RandomSampler(seed=self._seed)
         self._synced: weakref.WeakKeyDictionary[BaseStorage, set[int]] = weakref.WeakKeyDictionary()
         # genomes this process just stored, per (study, trial id), until the trial is told: the objective's
         # genome_of needs no storage read
@@ -308,7 +307,17 @@ class NicheEvolutionSampler(BaseSampler):
 
     # --- BaseSampler --------------------------------------------------------------
     def reseed_rng(self) -> None:
-        self._independent.reseed_rng()
+        """Nothing to reseed: every draw of a trial comes from generators made for it from (seed, trial number).
+
+        Optuna calls this in each thread of ``optimize(n_jobs > 1)`` so that
+        threads do not share one random stream. This sampler keeps no stream
+        between trials: a trial's genome comes from a ``random.Random`` seeded
+        by :func:`~gmsearch.search.schema.trial_seed` (the only source of the
+        DEAP toolbox's mutations; the global ``random`` is never used), and
+        each independent param from a ``RandomSampler`` seeded by that and
+        the param's name. So threads never share a stream, and a trial draws
+        the same in any thread, process or worker.
+        """
 
     def infer_relative_search_space(self, study: Study, trial: FrozenTrial) -> dict[str, BaseDistribution]:
         return {}
@@ -321,7 +330,8 @@ class NicheEvolutionSampler(BaseSampler):
     def sample_independent(
         self, study: Study, trial: FrozenTrial, param_name: str, param_distribution: BaseDistribution
     ) -> Any:
-        return self._independent.sample_independent(study, trial, param_name, param_distribution)
+        seed = random.Random(f"{trial_seed(self._seed, trial.number)}:{param_name}").randrange(2**32)
+        return RandomSampler(seed=seed).sample_independent(study, trial, param_name, param_distribution)
 
     def before_trial(self, study: Study, trial: FrozenTrial) -> None:
         try:
@@ -454,7 +464,6 @@ class NicheEvolutionSampler(BaseSampler):
         # ``trial`` was just read from storage by Optuna's tell, which calls this only for a RUNNING trial
         study = whole_study(study)
         self._running.pop((study.study_name, trial_id_of(trial)), None)
-        self._independent.after_trial(study, trial, state, values)
         if trial.state.is_finished():
             return  # another worker failed it as stale (and re-queued it); Optuna reports that
         if state == TrialState.FAIL:  # failed here, not by the heartbeat: no re-queue will follow
