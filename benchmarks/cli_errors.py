@@ -136,6 +136,30 @@ def _plugin_run(extra: str) -> Callable[[Path], list[str]]:
     return make
 
 
+def _in_subfolder(**replace: str) -> Callable[[Path], list[str]]:
+    """The config in ``tmp/conf`` (run from ``tmp``), with relative paths in it."""
+
+    def make(tmp: Path) -> list[str]:
+        (tmp / "conf").mkdir()
+        path = _config(tmp, **replace)
+        return ["run", str(path.rename(tmp / "conf" / "study.toml"))]
+
+    return make
+
+
+def _existing_study(tmp: Path) -> None:
+    """A study ``bad`` created with population_size 2 and n_children 1 (one trial started, nothing trained)."""
+    import optuna
+
+    import gmsearch as gms
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, seed=0)
+    study = gms.create_study(study_name="bad", storage=f"sqlite:///{tmp}/study.db", sampler=sampler,
+                             heartbeat_interval=None)
+    study.ask()
+
+
 CASES: list[Case] = [
     Case("storage: SQLite in a folder that does not exist", _run(**{"{tmp}/study.db": "{tmp}/no/such/dir/s.db"}),
          2, "does not exist"),
@@ -168,6 +192,17 @@ CASES: list[Case] = [
          2, "--workers 2 and --workers-per-device 2"),
     Case("run --device cuda without a GPU", _run("", "--device", "cuda"), 1, "no CUDA GPU"),
     Case("[study] artifacts is a file", _with_file(_file("artifacts"), _run()), 2, "is a file"),
+    Case("[study] artifacts inside a file", _with_file(_file("afile"), _run(**{"{tmp}/artifacts": "{tmp}/afile/art"})),
+         2, "[study] artifacts"),
+    Case("[study] cache_dir inside a file", _with_file(_file("afile"), _run(**{"{tmp}/cache": "{tmp}/afile/cache"})),
+         2, "[study] cache_dir"),
+    Case("[study] name is empty", _run(**{'name = "bad"': 'name = ""'}), 2, "[study] name must be a non-empty name"),
+    Case("relative plugin path: resolved from the config file's folder",
+         _in_subfolder(**{'device = "cpu"': 'device = "cpu"\nplugins = ["./no_such_plugin"]'}), 2,
+         "/conf/no_such_plugin' not found"),
+    Case("existing study with another population_size",
+         _with_file(_existing_study, _run(**{"population_size = 2": "population_size = 3"})),
+         2, "was created with population_size = 2, n_children = 1; this config has population_size = 3"),
     Case("reference checkpoint that does not exist",
          _run(**{"[reference]": '[reference]\nname = "missing/ref.pt"\narch = "hand_a"'}), 2, "no such checkpoint"),
     Case("plugin name that is not found", _run(**{'device = "cpu"': 'device = "cpu"\nplugins = ["no_such_plugin"]'}),

@@ -54,6 +54,14 @@ Example ``study.toml``::
     name = "gmsearch"
     storage = "sqlite:///gmsearch.db"
     artifacts = ""             # trial weights; default: gmsearch_artifacts beside the SQLite file
+
+Relative paths of a config file (``plugins`` given as paths, a SQLite or
+journal ``storage``, the default ``sqlite:///gmsearch.db`` included, a
+``.npz`` data ``name`` or ``options.path``, ``root``, a reference checkpoint,
+``artifacts``, ``cache_dir``) are resolved from the config file's folder by
+:func:`load` (as most tools do), so a run does not depend on the folder it is
+started from and every error names the resolved path. :func:`parse` resolves
+nothing (a mapping has no folder).
 """
 
 from __future__ import annotations
@@ -242,13 +250,65 @@ def parse(values: dict[str, Any]) -> RunConfig:
             f"workers = {cfg.workers} and workers_per_device = {cfg.workers_per_device}: set one of them "
             "(workers_per_device = K puts K workers on each device)"
         )
+    if not cfg.study.name.strip() or cfg.study.name != cfg.study.name.strip():
+        raise ConfigError(
+            f"[study] name must be a non-empty name without leading or trailing spaces, got {cfg.study.name!r}"
+        )
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {cfg.device!r}")
     return cfg
 
 
+def _looks_like_path(value: str) -> bool:
+    return value.startswith((".", "~")) or "/" in value or "\\" in value
+
+
+def _resolve(folder: Path, value: str) -> str:
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (folder / path).resolve())
+
+
+def resolve_storage(folder: Path, url: str) -> str:
+    """A SQLite or journal ``url`` whose file path is relative, made absolute from ``folder``."""
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix):
+            file = url[len(prefix):]
+            if file and file != ":memory:" and not Path(file).is_absolute():
+                return prefix + _resolve(folder, file)
+    return url
+
+
+def resolve_paths(cfg: RunConfig, folder: str | Path) -> RunConfig:
+    """``cfg`` with the relative paths it names resolved from ``folder`` (a config file's folder), in place.
+
+    Plugins are resolved when they look like paths (``./x``, ``a/b``) or
+    exist in ``folder``; a bare name that does not stays a name (searched on
+    the plugin path).
+    """
+    base = Path(folder).resolve()
+    cfg.plugins = [
+        _resolve(base, p) if _looks_like_path(p) or (base / p).exists() else p for p in cfg.plugins
+    ]
+    d = cfg.data
+    if d.name.endswith(".npz"):
+        d.name = _resolve(base, d.name)
+    if isinstance(d.options.get("path"), str):
+        d.options = {**d.options, "path": _resolve(base, d.options["path"])}
+    if d.root:
+        d.root = _resolve(base, d.root)
+    if cfg.reference.name.endswith((".pt", ".pth")) or _looks_like_path(cfg.reference.name):
+        cfg.reference.name = _resolve(base, cfg.reference.name)
+    cfg.study.storage = resolve_storage(base, cfg.study.storage)
+    if cfg.study.artifacts:
+        cfg.study.artifacts = _resolve(base, cfg.study.artifacts)
+    if cfg.study.cache_dir:
+        cfg.study.cache_dir = _resolve(base, cfg.study.cache_dir)
+    return cfg
+
+
 def load(path: str | Path) -> RunConfig:
-    """Read and validate a TOML config file."""
+    """Read and validate a TOML config file; relative paths in it are resolved from its folder
+    (:func:`resolve_paths`)."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {p} does not exist")
@@ -256,4 +316,4 @@ def load(path: str | Path) -> RunConfig:
         values = tomllib.loads(p.read_text())
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {p} is not valid TOML: {exc}") from exc
-    return parse(values)
+    return resolve_paths(parse(values), p.parent)

@@ -15,6 +15,7 @@ folders are validated before any data is loaded or network trained.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -33,7 +34,7 @@ from gmsearch.plugins import load_plugins
 from gmsearch.search import fitness, mutations, pruners, schema
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
-from gmsearch.search.study import check_storage, create_study, mask_url
+from gmsearch.search.study import check_storage, create_study, make_storage, mask_url
 from gmsearch.training import gm_loss
 
 logger = logging.getLogger(__name__)
@@ -112,9 +113,12 @@ def check_device(device: str) -> None:
 def check(cfg: RunConfig) -> None:
     """The cheap checks, before any data is loaded or network trained; nothing is written.
 
-    Plugins load and every named plugin exists; the device exists; the storage
-    URL works (an existing SQLite file is sound, a server answers); a reference
-    checkpoint exists; the artifact and cache folders are not files.
+    Plugins load and every named plugin exists, takes its parameters and
+    (fitness) returns a finite value; the device exists; the storage URL works
+    (an existing SQLite file is sound, a server answers) and an existing study
+    of that name has this population (:func:`check_resume`); data files and a
+    reference checkpoint exist; the artifact and cache folders are folders that
+    exist or can be created (:func:`check_folder`).
     """
     load_plugins(cfg.plugins)
     check_attack(cfg)
@@ -127,6 +131,9 @@ def check(cfg: RunConfig) -> None:
         datasets.get(cfg.data.name)  # the error lists the registered datasets
     if cfg.data.name.endswith(".npz") and not Path(cfg.data.name).is_file():
         raise UsageError(f"[data] name {cfg.data.name!r}: no such .npz file")
+    npz = cfg.data.options.get("path")
+    if isinstance(npz, str) and not Path(npz).is_file():
+        raise UsageError(f"[data] options.path {npz!r}: no such file")
     ref = cfg.reference
     if ref.name.endswith((".pt", ".pth")) or "/" in ref.name:
         if not Path(ref.name).is_file():
@@ -138,9 +145,58 @@ def check(cfg: RunConfig) -> None:
         architectures.get(ref.name)
     check_device(device_for(cfg))
     check_storage(cfg.study.storage)
-    for what, folder in (("artifacts", artifact_dir(cfg)), ("cache_dir", cache_dir(cfg))):
-        if folder.exists() and not folder.is_dir():
-            raise UsageError(f"[study] {what} {str(folder)!r} is a file; it must be a folder (or not exist yet)")
+    check_folder("[study] artifacts", artifact_dir(cfg))
+    check_folder("[study] cache_dir", cache_dir(cfg))
+    check_resume(cfg)
+
+
+def check_folder(what: str, folder: Path) -> None:
+    """``folder`` is a folder this process can write in, or can be created: one line naming ``what`` and the
+    resolved path otherwise (exit status 2); nothing is created."""
+    folder = folder.expanduser().absolute()
+    problem = None
+    if folder.exists():
+        if not folder.is_dir():
+            problem = "is a file; it must be a folder (or not exist yet)"
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            problem = "is not writable by this user"
+    else:
+        parent = next(p for p in folder.parents if p.exists())  # "/" exists
+        if not parent.is_dir():
+            problem = f"cannot be created: {str(parent)!r} is a file"
+        elif not os.access(parent, os.W_OK | os.X_OK):
+            problem = f"cannot be created: {str(parent)!r} is not writable by this user"
+    if problem is not None:
+        raise UsageError(f"{what} {str(folder)!r} {problem}")
+
+
+def check_resume(cfg: RunConfig) -> None:
+    """An existing study named ``[study] name`` in the storage must have been created with this
+    ``population_size`` and ``n_children`` (else one population would mix two searches); nothing is written."""
+    url = cfg.study.storage
+    for prefix in ("sqlite:///", "journal:"):
+        if url.startswith(prefix) and not Path(url[len(prefix):] or ":memory:").is_file():
+            return  # no file: no study yet (and opening it would create one)
+    storage = make_storage(url, heartbeat_interval=None)
+    assert storage is not None  # a URL always makes one
+    try:
+        try:
+            study_id = storage.get_study_id_from_name(cfg.study.name)
+        except KeyError:
+            return  # a new study
+        stored = storage.get_study_system_attrs(study_id).get(schema.SAMPLER_KEY) or {}
+    finally:
+        if isinstance(storage, optuna.storages.RDBStorage):
+            storage.engine.dispose()  # no connection (nor SQLite -wal file) left behind
+    s = cfg.search
+    differs = [k for k in ("population_size", "n_children") if k in stored and stored[k] != getattr(s, k)]
+    if differs:
+        was = ", ".join(f"{k} = {stored[k]}" for k in ("population_size", "n_children") if k in stored)
+        now = ", ".join(f"{k} = {getattr(s, k)}" for k in ("population_size", "n_children"))
+        raise UsageError(
+            f"study {cfg.study.name!r} in {mask_url(url)} was created with {was}; this config has {now}: resume it "
+            "with the same [search] settings, or start a new study with another [study] name (or storage)"
+        )
 
 
 def check_attack(cfg: RunConfig, input_shape: tuple[int, int, int] | None = None) -> None:
