@@ -30,6 +30,7 @@ Example ``study.toml``::
     batch_size = 128           # paper
     lr = "default"             # Adam's PyTorch default (paper)
     cuda_graph = false         # CUDA only: replay each child's step as a CUDA graph (experimental)
+    gm_batchnorm = "batch"     # the GM term's BatchNorm: batch | running | detached statistics
 
     [fitness]
     name = "min_clean_adv"     # eq. 4
@@ -111,6 +112,7 @@ class TrainingConfig:
     batch_size: int = 128
     lr: float | str = "default"
     cuda_graph: bool = False
+    gm_batchnorm: str = "batch"
 
 
 @dataclass
@@ -254,6 +256,8 @@ def parse(values: dict[str, Any]) -> RunConfig:
         raise ConfigError(
             f"[study] name must be a non-empty name without leading or trailing spaces, got {cfg.study.name!r}"
         )
+    if (bn := cfg.training.gm_batchnorm) not in ("batch", "running", "detached"):  # gm_loss.BATCHNORM_MODES
+        raise ConfigError(f"[training] gm_batchnorm must be one of batch, running, detached, got {bn!r}")
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {cfg.device!r}")
     return cfg

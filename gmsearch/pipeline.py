@@ -299,6 +299,7 @@ def make_objective(
         epochs=cfg.search.epochs, batch_size=cfg.training.batch_size, lr=cfg.learning_rate, device=device,
         cache_dir=cache_dir(cfg), seed=cfg.seed, artifact_store=artifact_dir(cfg),
         inherit=cfg.search.inherit, inherit_epochs=cfg.search.inherit_epochs, cuda_graph=cfg.training.cuda_graph,
+        gm_batchnorm=cfg.training.gm_batchnorm,
     )
 
 

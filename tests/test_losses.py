@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -121,3 +122,136 @@ def test_shape_errors_are_clear(batch: tuple[torch.Tensor, torch.Tensor]) -> Non
         losses.gradient_misalignment(_net(1), x, y, torch.zeros(5, 36, dtype=torch.float64))
     with pytest.raises(ValueError, match="y must have shape"):
         losses.gradient_misalignment(_net(1), x, y[:3], torch.zeros_like(x))
+
+
+# --------------------------------------------------------------------------- BatchNorm in the GM term
+
+
+def _bn_net(seed: int, arch: str) -> nn.Module:
+    import gmsearch as gms
+
+    torch.manual_seed(seed)
+    return gms.build(gms.zoo.genome(arch), 1, 4, 8).double()
+
+
+def _slow_gm(child: nn.Module, x: torch.Tensor, y: torch.Tensor, ref_grad: torch.Tensor, mode: str
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """CE and GM the slow way, one sample's input gradient at a time (float64), for each BatchNorm mode."""
+    bns = [m for m in child.modules() if isinstance(m, nn.BatchNorm2d)]
+    params = dict(child.named_parameters())
+    grads = []
+    if mode == "batch":  # row i of d(sum of losses)/dX, through the batch statistics: only x_i varies
+        buffers = {k: b.clone() for k, b in child.named_buffers()}  # copies take the per-sample updates
+        for i in range(len(x)):
+            xi = x[i : i + 1].clone().requires_grad_(True)
+            xs = torch.cat([x[:i], xi, x[i + 1 :]])
+            logits = torch.func.functional_call(child, {**params, **buffers}, (xs,))
+            (g,) = torch.autograd.grad(F.cross_entropy(logits, y, reduction="sum"), xi, create_graph=True)
+            grads.append(g)
+        ce = F.cross_entropy(child(x), y)  # train mode: updates the running statistics once
+    elif mode == "running":  # each sample alone through the eval-mode network, after the update
+        ce = F.cross_entropy(child(x), y)
+        child.eval()
+        for i in range(len(x)):
+            xi = x[i : i + 1].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(child(xi), y[i : i + 1]), xi, create_graph=True)
+            grads.append(g)
+        child.train()
+    else:  # detached: batch statistics (functions of the parameters) are constants for each sample alone
+        stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def record(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+            var, mean = torch.var_mean(inp[0], dim=(0, 2, 3), correction=0)
+            stats[m] = (mean, var)
+
+        def replace(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+            assert isinstance(m, nn.BatchNorm2d)
+            mean, var = stats[m]
+            scale = (m.weight / (var + m.eps).sqrt()).view(1, -1, 1, 1)
+            return (inp[0] - mean.view(1, -1, 1, 1)) * scale + m.bias.view(1, -1, 1, 1)
+
+        hooks = [m.register_forward_hook(record) for m in bns]
+        ce = F.cross_entropy(child(x), y)
+        for h in hooks:
+            h.remove()
+        hooks = [m.register_forward_hook(replace) for m in bns]
+        child.eval()  # eval mode: no updates; the hook replaces the output
+        for i in range(len(x)):
+            xi = x[i : i + 1].clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(F.cross_entropy(child(xi), y[i : i + 1]), xi, create_graph=True)
+            grads.append(g)
+        child.train()
+        for h in hooks:
+            h.remove()
+    gc = torch.cat(grads).flatten(1)
+    gr = ref_grad.flatten(1)
+    gm = ((gc * gr).sum(1) / (gc.norm(dim=1) * gr.norm(dim=1))).mean()
+    return ce, gm
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("arch", ["hand_a", "hand_b"])
+@pytest.mark.parametrize("mode", ["batch", "running", "detached"])
+def test_gm_batchnorm_modes_match_per_sample_float64_reference(mode: str, arch: str, fast: bool) -> None:
+    """CE, GM, their parameter gradients and the running statistics of each mode match a slow per-sample loop."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.rand(10, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (10,), generator=g)
+    ref = _bn_net(7, "hand_a").eval()
+    ref_grad = losses.input_gradients(ref, x, y)
+    child = _bn_net(8, arch).train()
+    with torch.no_grad():  # running statistics away from their initial values (they matter for "running")
+        child(torch.rand(10, 1, 8, 8, generator=g, dtype=torch.float64) * 3)
+    slow = copy.deepcopy(child)
+    ce, gm = losses.gm_objective(child, x, y, ref_grad, batchnorm=mode, fast_double_backward=fast)
+    got = torch.autograd.grad(ce + 0.7 * gm, list(child.parameters()))
+    ce_slow, gm_slow = _slow_gm(slow, x, y, ref_grad, mode)
+    want = torch.autograd.grad(ce_slow + 0.7 * gm_slow, list(slow.parameters()))
+    assert ce.item() == pytest.approx(ce_slow.item(), abs=1e-12)
+    assert gm.item() == pytest.approx(gm_slow.item(), abs=1e-10)
+    for a, b in zip(got, want, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-11)
+    for (name, a), b in zip(child.named_buffers(), slow.buffers(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14, msg=name)
+    assert child.training and all(m.training for m in child.modules())
+
+
+def test_gm_batchnorm_modes_differ_and_unknown_mode_is_named() -> None:
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.rand(8, 1, 8, 8, generator=g, dtype=torch.float64), torch.randint(0, 4, (8,), generator=g)
+    ref_grad = losses.input_gradients(_bn_net(3, "hand_a").eval(), x, y)
+    child = _bn_net(4, "hand_b").train()
+    values = {m: losses.gradient_misalignment(copy.deepcopy(child), x, y, ref_grad, batchnorm=m).item()
+              for m in losses.BATCHNORM_MODES}
+    assert len({round(v, 8) for v in values.values()}) == 3, values
+    with pytest.raises(ValueError, match="gm_batchnorm must be one of batch, running, detached, got 'eval'"):
+        losses.gm_objective(child, x, y, ref_grad, batchnorm="eval")
+
+
+def test_gm_batchnorm_option_reaches_training_and_is_checked_in_config() -> None:
+    import gmsearch as gms
+    from gmsearch import config
+    from gmsearch.data import Dataset, Split
+
+    g = torch.Generator().manual_seed(2)
+
+    def split(n: int) -> Split:
+        return Split(torch.rand(n, 1, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g))
+
+    data = Dataset(name="tiny", train=split(24), val=split(8), test=split(8), num_classes=4,
+                   class_names=("a", "b", "c", "d"))
+    torch.manual_seed(0)
+    ref = gms.build(gms.zoo.genome("hand_a"), 1, 4, 8).eval()
+    weights = {}
+    for mode in losses.BATCHNORM_MODES:
+        torch.manual_seed(1)
+        net = gms.build(gms.zoo.genome("hand_b"), 1, 4, 8)
+        gms.train(net, data, reference=ref, epochs=1, batch_size=8, device="cpu", gm_batchnorm=mode)
+        weights[mode] = torch.cat([p.detach().flatten() for p in net.parameters()])
+    assert not torch.equal(weights["batch"], weights["running"])
+    assert not torch.equal(weights["batch"], weights["detached"])
+    with pytest.raises(ValueError, match="gm_batchnorm must be one of batch, running, detached, got 'eval'"):
+        gms.train(net, data, reference=ref, epochs=1, device="cpu", gm_batchnorm="eval")
+    assert config.parse({"training": {"gm_batchnorm": "running"}}).training.gm_batchnorm == "running"
+    assert config.parse({}).training.gm_batchnorm == "batch"
+    with pytest.raises(config.ConfigError, match=f"one of {', '.join(losses.BATCHNORM_MODES)}, got 'eval'"):
+        config.parse({"training": {"gm_batchnorm": "eval"}})

@@ -47,7 +47,7 @@ def reference_gm_row(objective: GMObjective, *, epochs: int, seed: int = 1) -> R
     train(
         net, objective.data, reference=objective.reference, lam=objective.lam, epochs=epochs,
         batch_size=objective.batch_size, lr=objective.lr, loss=objective.loss,
-        device=objective.device, seed=seed, ref_grads=objective.ref_grads,
+        device=objective.device, seed=seed, ref_grads=objective.ref_grads, gm_batchnorm=objective.gm_batchnorm,
     )
     return _row("Ref+GM", net, objective, detail=f"{epochs} epochs")
 

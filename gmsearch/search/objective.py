@@ -48,6 +48,7 @@ from gmsearch.search.schema import (
     trial_seed,
 )
 from gmsearch.search.writes import EpochReports, write_trial
+from gmsearch.training import gm_loss
 from gmsearch.training.loop import TrainingDivergedError, reference_gradients, resolve_device, train
 
 logger = logging.getLogger(__name__)
@@ -89,6 +90,9 @@ class GMObjective:
         inherit_epochs: Share of the scheduled epochs an inheriting child trains.
         cuda_graph: On CUDA, capture each child's training step in a CUDA graph
             (see :func:`gmsearch.train`); experimental, off by default.
+        gm_batchnorm: How the GM term's input gradient treats the child's
+            BatchNorm: ``batch`` (default), ``running`` or ``detached`` (see
+            :mod:`gmsearch.training.gm_loss`).
     """
 
     def __init__(
@@ -112,6 +116,7 @@ class GMObjective:
         inherit: bool = False,
         inherit_epochs: float = 0.5,
         cuda_graph: bool = False,
+        gm_batchnorm: str = "batch",
     ) -> None:
         self.device = resolve_device(device)
         self.data = data.to(self.device)
@@ -131,6 +136,8 @@ class GMObjective:
             raise ValueError(f"inherit_epochs must be in (0, 1], got {inherit_epochs}")
         self.inherit, self.inherit_epochs = inherit, inherit_epochs
         self.cuda_graph = cuda_graph
+        gm_loss.check_batchnorm_mode(gm_batchnorm)
+        self.gm_batchnorm = gm_batchnorm
         self.adversarial_val = self._adversarial("val")  # before the artifact folder: a failing attack leaves none
         self._artifact_dir: Path | None = None  # recorded on the study at the first trial
         self._auto_store = artifact_store == "auto"
@@ -195,6 +202,7 @@ class GMObjective:
                 batch_size=self.batch_size, lr=self.lr, loss=self.loss, device=self.device,
                 seed=self.seed + trial.number, on_epoch=reports, ref_grads=self.ref_grads,
                 adversarial_val=self.adversarial_val, fitness=self.fitness, cuda_graph=self.cuda_graph,
+                gm_batchnorm=self.gm_batchnorm,
             ).history
             if history:  # the last epoch measured the trained network (in eval mode) on both sets
                 clean, adv = history[-1]["val_acc"], history[-1]["val_adv_acc"]

@@ -14,6 +14,10 @@ paper's ``hand_a`` drops from about 3.3x to about 2.4x a cross-entropy step
 mostly PyTorch's convolution double backward, which computes weight
 gradients as transposed convolutions. ``fast_double_backward=False`` turns
 the routing off.
+
+:class:`HoldBatchStatistics` is the ``gm_batchnorm="detached"`` option of the GM
+step: train-mode BatchNorm whose batch statistics are constants in the input
+gradient only (see :mod:`gmsearch.training.gm_loss`).
 """
 
 from __future__ import annotations
@@ -282,6 +286,78 @@ def _cat(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor | None:
     if len(tensors) < 2 or not all(isinstance(t, Tensor) and t.dim() == tensors[0].dim() > 0 for t in tensors):
         return None
     return _Cat.apply(dim % tensors[0].dim(), *tensors)
+
+
+class InputGradientPass:
+    """Set (``active``) by :func:`~gmsearch.training.gm_loss.gm_objective` while it takes the child's input
+    gradient, so :class:`HoldBatchStatistics` knows which backward pass it is in."""
+
+    def __init__(self) -> None:
+        self.active = False
+
+
+class _HeldInInputGradient(torch.autograd.Function):
+    """Identity whose backward passes no gradient during the input-gradient pass and all of it otherwise."""
+
+    @staticmethod
+    def forward(ctx: Any, t: Tensor, phase: InputGradientPass) -> Tensor:
+        ctx.phase = phase
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor | None, None]:
+        return (None if ctx.phase.active else grad), None
+
+
+class HoldBatchStatistics(TorchFunctionMode):
+    """Train-mode ``F.batch_norm`` (batch statistics, running statistics updated as PyTorch does) whose
+    batch mean and variance count as constants in the input-gradient pass only.
+
+    Row i of the input gradient is then sample i's own gradient (no terms through
+    the other samples' statistics), while every later derivative, the parameter
+    gradients of CE and GM included, sees the statistics as the functions of the
+    batch and the parameters they are: the GM stays exact for that input gradient.
+    Written with composite operations (PyTorch differentiates them twice).
+    """
+
+    def __init__(self, phase: InputGradientPass) -> None:
+        super().__init__()
+        self.phase = phase
+
+    def __torch_function__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        kwargs = kwargs or {}
+        if func is F.batch_norm and torch.is_grad_enabled():
+            out = self._batch_norm({**_BN_DEFAULTS, **dict(zip(_BN_ARGS, args, strict=False)), **kwargs})
+            if out is not None:
+                return out
+        return func(*args, **kwargs)
+
+    def _batch_norm(self, p: dict[str, Any]) -> Tensor | None:
+        x: Tensor = p["input"]
+        if not (p["training"] and x.dim() >= 2 and x.numel() > x.shape[1]):
+            return None
+        momentum = p["momentum"]
+        if momentum is None:
+            return None
+        dims = [0, *range(2, x.dim())]
+        var, mean = torch.var_mean(x, dim=dims, correction=0)
+        with torch.no_grad():  # as PyTorch's kernel: the unbiased variance goes into the running variance
+            n = x.numel() // x.shape[1]
+            if p["running_mean"] is not None:
+                p["running_mean"].lerp_(mean.to(p["running_mean"].dtype), momentum)
+            if p["running_var"] is not None:
+                p["running_var"].lerp_((var * (n / (n - 1))).to(p["running_var"].dtype), momentum)
+        mean = _HeldInInputGradient.apply(mean, self.phase)
+        var = _HeldInInputGradient.apply(var, self.phase)
+        scale = torch.rsqrt(var + p["eps"])
+        if p["weight"] is not None:
+            scale = scale * p["weight"]
+        shift = -mean * scale
+        if p["bias"] is not None:
+            shift = shift + p["bias"]
+        return torch.addcmul(_per_channel(shift, x), x, _per_channel(scale, x))
 
 
 class CheapDoubleBackward(TorchFunctionMode):

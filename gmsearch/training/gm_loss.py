@@ -19,19 +19,42 @@ The child's forward pass runs under
 :class:`~gmsearch.training._double_backward.CheapDoubleBackward`, which gives
 some layers closed-form double backwards with the same exact derivatives
 (``fast_double_backward=False`` turns it off).
+
+BatchNorm in the GM term (``gm_batchnorm``, ``[training] gm_batchnorm``): the
+child trains in train mode, so its BatchNorm layers normalise with the
+batch's statistics, while the reference's gradients (cached) and the
+attacks' gradients are taken in eval mode. Three exact options, each
+checked against a per-sample float64 loop in ``tests/test_losses.py``:
+
+- ``batch`` (default, the paper's setting as written): the child's input
+  gradient is that of the summed loss through train-mode BatchNorm, so row i
+  also carries sample i's effect on the batch mean and variance (terms
+  through the other samples). One forward pass.
+- ``running``: the GM term's input gradient is taken with the running
+  statistics (eval-mode BatchNorm, as the attacks see the network) in a
+  second forward pass; the CE term and the running statistics' update stay
+  train-mode (the CE pass runs first, so the GM pass uses this batch's
+  updated running statistics). About 1.4x a ``batch`` step.
+- ``detached``: batch statistics, held constant in the input gradient only
+  (:class:`~gmsearch.training._double_backward.HoldBatchStatistics`), so row
+  i is sample i's own gradient; the parameter gradients still see the
+  statistics as functions of the batch. One forward pass, about 1.05x.
+
+Measured with ``benchmarks/bench_gm_batchnorm.py`` (README, "BatchNorm in the GM term").
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gmsearch.registry import Registry
-from gmsearch.training._double_backward import CheapDoubleBackward
+from gmsearch.training._double_backward import CheapDoubleBackward, HoldBatchStatistics, InputGradientPass
 
 GMReduction = Callable[[Tensor], Tensor]
 
@@ -86,6 +109,34 @@ def input_gradients(model: nn.Module, x: Tensor, y: Tensor, *, create_graph: boo
 
 # --------------------------------------------------------------------------- GM
 
+#: How the GM term's input gradient of a child in train mode treats BatchNorm (module docstring).
+BATCHNORM_MODES = ("batch", "running", "detached")
+
+
+def check_batchnorm_mode(batchnorm: str) -> None:
+    """Raise one clear line unless ``batchnorm`` is one of :data:`BATCHNORM_MODES`."""
+    if batchnorm not in BATCHNORM_MODES:
+        raise ValueError(f"gm_batchnorm must be one of {', '.join(BATCHNORM_MODES)}, got {batchnorm!r}")
+
+
+@contextlib.contextmanager
+def _running_statistics(batchnorms: list[nn.Module]) -> Iterator[None]:
+    """The given train-mode BatchNorm modules in eval mode (running statistics, no update) for a while."""
+    for m in batchnorms:
+        m.train(False)
+    try:
+        yield
+    finally:
+        for m in batchnorms:
+            m.train(True)
+
+
+def _train_mode_batchnorms(net: nn.Module) -> list[nn.Module]:
+    return [
+        m for m in net.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+
 
 def _check_shapes(x: Tensor, y: Tensor, ref_grad: Tensor) -> None:
     if x.dim() != 4:
@@ -106,8 +157,9 @@ def gm_objective(
     *,
     variant: str = "cosine",
     fast_double_backward: bool = True,
+    batchnorm: str = "batch",
 ) -> tuple[Tensor, Tensor]:
-    """Cross-entropy and GM loss from one shared forward pass.
+    """Cross-entropy and GM loss (one shared forward pass, two with ``batchnorm="running"``).
 
     Args:
         child: The network being trained.
@@ -118,27 +170,45 @@ def gm_objective(
         fast_double_backward: Differentiate BatchNorm, ReLU, ``cat`` and
             adaptive average pooling twice through cheaper closed forms (the
             same exact derivatives; see the module docstring).
+        batchnorm: How the child's input gradient treats its train-mode
+            BatchNorm layers: ``batch`` (batch statistics, cross-sample terms
+            included), ``running`` (running statistics, as in eval mode) or
+            ``detached`` (batch statistics held constant); see the module
+            docstring. The CE term and the running statistics are train-mode in all three.
 
     Returns:
         ``(ce, gm)``: mean cross-entropy and the GM loss, both differentiable
         w.r.t. the child's parameters.
     """
     _check_shapes(x, y, ref_grad)
+    check_batchnorm_mode(batchnorm)
     reduce = get(variant)
     x = x.detach().requires_grad_(True)
-    if fast_double_backward:
-        with CheapDoubleBackward():
-            logits = child(x)
-    else:
-        logits = child(x)
-    per_sample = F.cross_entropy(logits, y, reduction="none")
-    (grad,) = torch.autograd.grad(per_sample.sum(), x, create_graph=True)
+    phase = InputGradientPass()
+    running = _train_mode_batchnorms(child) if batchnorm == "running" else []
+    # "running": first the CE term's own train-mode forward pass, which updates the running statistics
+    # (in place: the GM pass saves them for its backward, so it comes after the update)
+    ce = F.cross_entropy(child(x.detach()), y) if running else None
+    with contextlib.ExitStack() as modes:
+        if fast_double_backward:
+            modes.enter_context(CheapDoubleBackward())
+        if batchnorm == "detached":
+            modes.enter_context(HoldBatchStatistics(phase))
+        with _running_statistics(running):  # no module: nothing changes
+            per_sample = F.cross_entropy(child(x), y, reduction="none")
+    if ce is None:
+        ce = per_sample.mean()
+    phase.active = True
+    try:
+        (grad,) = torch.autograd.grad(per_sample.sum(), x, create_graph=True)
+    finally:
+        phase.active = False
     gm = reduce(cosine_per_sample(grad, ref_grad))
-    return per_sample.mean(), gm
+    return ce, gm
 
 
 def gradient_misalignment(
-    child: nn.Module, x: Tensor, y: Tensor, ref_grad: Tensor, *, variant: str = "cosine"
+    child: nn.Module, x: Tensor, y: Tensor, ref_grad: Tensor, *, variant: str = "cosine", batchnorm: str = "batch"
 ) -> Tensor:
     """The GM loss of paper eq. 1: mean cosine similarity of child and reference input gradients.
 
@@ -149,6 +219,7 @@ def gradient_misalignment(
         ref_grad: The reference's input gradients for (x, y), same shape as x
             (see :func:`input_gradients`).
         variant: Registered reduction (``cosine``, ``abs_cosine``, ``logsumexp``).
+        batchnorm: See :func:`gm_objective`.
 
     Returns:
         A differentiable scalar in [-1, 1] for ``cosine``.
@@ -157,4 +228,4 @@ def gradient_misalignment(
         >>> g_ref = input_gradients(reference, x, y)
         >>> loss = F.cross_entropy(child(x), y) + lam * gradient_misalignment(child, x, y, g_ref)
     """
-    return gm_objective(child, x, y, ref_grad, variant=variant)[1]
+    return gm_objective(child, x, y, ref_grad, variant=variant, batchnorm=batchnorm)[1]

@@ -150,6 +150,7 @@ def train_step(
     loss: str = "cosine",
     params: list[nn.Parameter] | None = None,
     autocast: torch.autocast | None = None,
+    gm_batchnorm: str = "batch",
 ) -> Tensor:
     """One optimiser step on ``CE + lam * GM`` (plain CE without ``ref_grad``); what :func:`train` runs.
 
@@ -157,7 +158,8 @@ def train_step(
         ``[loss, ce, gm]`` of the batch, detached, on the batch's device (no host synchronisation).
     """
     if ref_grad is not None:
-        ce, gm = losses.gm_objective(net, x, y, ref_grad, variant=loss)  # float32: never under autocast
+        # float32: never under autocast
+        ce, gm = losses.gm_objective(net, x, y, ref_grad, variant=loss, batchnorm=gm_batchnorm)
         total = ce + lam * gm
     else:
         with autocast if autocast is not None else contextlib.nullcontext():
@@ -203,6 +205,7 @@ def train(
     what: str | None = None,
     on_epoch: Callable[[int, float], None] | None = None,
     cuda_graph: bool = False,
+    gm_batchnorm: str = "batch",
 ) -> TrainResult:
     """Train ``net`` on ``data.train`` with ``CE + lam * GM`` (paper eq. 2).
 
@@ -240,6 +243,9 @@ def train(
             batches run eagerly; see :mod:`gmsearch.training._graphs`).
             Ignored on CPU, with ``augment`` and with ``amp``; a step that
             cannot be captured trains eagerly.
+        gm_batchnorm: How the GM term's input gradient treats the child's
+            BatchNorm: ``batch``, ``running`` or ``detached`` (see
+            :mod:`gmsearch.training.gm_loss`).
 
     Returns:
         A :class:`TrainResult` with per-epoch ``loss``, ``ce``, ``gm``,
@@ -261,6 +267,7 @@ def train(
     if trial is not None and on_epoch is not None:
         raise ValueError("pass trial or on_epoch, not both (on_epoch replaces reporting to the trial)")
     losses.get(loss)  # unknown variant: clear error before any work
+    losses.check_batchnorm_mode(gm_batchnorm)
 
     dev = resolve_device(device)
     _use_fast_cuda(dev)
@@ -291,7 +298,8 @@ def train(
     y_adv_val = adversarial_val.y.to(dev) if adversarial_val is not None else None
 
     def one_step(xb: Tensor, yb: Tensor, gb: Tensor | None) -> Tensor:
-        return train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast)
+        return train_step(net, optimizer, xb, yb, gb, lam=lam, loss=loss, params=params, autocast=autocast,
+                          gm_batchnorm=gm_batchnorm)
 
     run_step = GraphedStep(one_step, batch_size, params) if graph else one_step
 
