@@ -107,6 +107,24 @@ def test_a_rival_with_fewer_epochs_stands_at_its_last_value() -> None:
     assert not pruner.prune(study, _running_child(study, chain(2), {6: 0.75}))
 
 
+def test_the_bar_is_what_decides_replacement_when_the_rival_peaks_and_falls() -> None:
+    """Replacement is decided against the rival's final value: a child level with it is never stopped."""
+    study = _study()
+    _add(study, A, {1: 0.5, 2: 0.9, 3: 0.6})  # trial 0 peaks at epoch 2 (0.9) and ends at 0.6
+    _add(study, B, {1: 0.1, 2: 0.1, 3: 0.1})
+    pruner = NichePruner(warmup=0, margin=0.1)
+    # 0.25 behind the rival's epoch-2 value, yet ahead of its final 0.6: it would replace it
+    assert not pruner.prune(study, _running_child(study, chain(2), {2: 0.65}))
+    assert pruner.prune(study, _running_child(study, chain(2), {2: 0.45}))  # 0.15 behind even the final value
+    assert pruner.prune(study, _running_child(study, chain(2), {1: 0.35}))  # rising rival: its epoch-1 value bars
+    row = {"curve": {1: 0.5, 2: 0.65, 3: 0.7}, "rival_curve": {1: 0.5, 2: 0.9, 3: 0.6}, "rival_value": 0.6}
+    assert pruners.would_prune_at(row, warmup=0, margin=0.1) is None
+    assert pruners.would_prune_at({**row, "curve": {1: 0.5, 2: 0.45}}, warmup=0, margin=0.1) == 2
+    low = {"curve": {1: 0.35, 2: 0.45}, "rival_curve": {1: 0.2, 2: 0.5}, "rival_value": 0.5}  # minimisation
+    assert pruners.would_prune_at(low, warmup=0, margin=0.1, maximize=False) is None
+    assert pruners.would_prune_at({**low, "curve": {1: 0.65}}, warmup=0, margin=0.1, maximize=False) == 1
+
+
 def test_minimize_studies_are_pruned_the_other_way() -> None:
     sampler = gms.NicheEvolutionSampler(population_size=2, n_children=2, seed=0)
     study = optuna.create_study(direction="minimize", sampler=sampler)
@@ -158,6 +176,24 @@ def test_shadow_report_counts_stops_savings_and_missed_replacements() -> None:
     assert report["epochs_saved"] == 4 + 3
     assert report["replacements"] == 1 and report["missed"] == 1 and report["missed_trials"] == [3]
     assert report["missed_share"] == pytest.approx(0.5)
+
+
+def test_shadow_report_counts_replacements_from_the_replay_not_the_workers_record() -> None:
+    """With several workers, a child's own gmsearch:replaced can disagree with the replay (gms.lineage)."""
+    study = _population_with_curves()  # trial 0 ends at 0.8
+    curve = {e: 0.5 for e in range(1, 5)}
+    study.add_trial(create_trial(  # 2: finishes first and replaces trial 0
+        value=0.95, system_attrs={GENOME_KEY: chain(2).to_json()}, intermediate_values=curve,
+        user_attrs={PARENT_KEY: 0, REPLACED_KEY: 0},
+    ))
+    study.add_trial(create_trial(  # 3: its worker saw trial 0 still in place, but in the replay 2 came first
+        value=0.9, system_attrs={GENOME_KEY: chain(2).to_json()}, intermediate_values=curve,
+        user_attrs={PARENT_KEY: 0, WOULD_PRUNE_KEY: 2, REPLACED_KEY: 0},
+    ))
+    assert {r["number"]: r["replaced"] for r in gms.lineage(study)}[3] is None
+    report = shadow_report(study)
+    assert report["replacements"] == 1 and report["missed"] == 0 and report["missed_trials"] == []
+    assert [r["replaced"] for r in pruners.learning_curves(study)] == [True, False]
 
 
 # --------------------------------------------------------------------------- real studies, fake training
@@ -387,7 +423,7 @@ def test_an_inheriting_child_starts_from_its_parent_and_trains_fewer_epochs(tmp_
                                 epochs=2, cache_dir=tmp_path / "cache", artifact_store=tmp_path / "art",
                                 inherit=True, inherit_epochs=0.5)
     study = gms.create_study(study_name="inherit", storage=None, sampler=gms.NicheEvolutionSampler(
-        population_size=2, n_children=2, seed=0, mutations_per_child=1))
+        population_size=2, n_children=2, seed=0, mutations_per_child=1, epoch_schedule=None))
     study.optimize(objective, n_trials=6)
     children = [t for t in study.trials if t.user_attrs.get(PARENT_KEY) is not None and t.values]
     inherited = [t for t in children if t.user_attrs.get("gmsearch:inherited")]

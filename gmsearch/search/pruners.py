@@ -42,13 +42,12 @@ from gmsearch.search.schema import (
     GENOME_KEY,
     PARENT_KEY,
     PRUNE_SHADOW_KEY,
-    REPLACED_KEY,
     RIVAL_KEY,
     SAMPLER_KEY,
     WOULD_PRUNE_KEY,
     genome_of,
 )
-from gmsearch.search.selection import replay, replay_study
+from gmsearch.search.selection import replay, replay_of, replay_study
 
 SHADOW_KEY = PRUNE_SHADOW_KEY
 
@@ -154,6 +153,20 @@ def curve_value(curve: Mapping[int, float], epoch: int) -> float | None:
     return float(curve[max(earlier)]) if earlier else None
 
 
+def bar(curve: Mapping[int, float], final: float | None, epoch: int, direction: StudyDirection) -> float | None:
+    """What a child must reach at ``epoch`` to be level with its rival: the rival's value at ``epoch``
+    (:func:`curve_value`), or its final value when that is worse (lower when maximising).
+
+    Replacement is decided against the rival's final value; a rival whose curve
+    peaks and then falls must not make children that end above its final value stop.
+    None when the rival has no curve.
+    """
+    at = curve_value(curve, epoch)
+    if at is None or final is None or not math.isfinite(final):
+        return at
+    return min(at, final) if direction == StudyDirection.MAXIMIZE else max(at, final)
+
+
 def behind_by(child_value: float, rival: float, direction: StudyDirection) -> float:
     """How far ``child_value`` is behind ``rival`` (positive: behind) for the study's direction."""
     gap = rival - child_value
@@ -164,8 +177,10 @@ class NichePruner(BasePruner):
     """Stop a child whose validation fitness is clearly behind its rival's at the same epoch.
 
     A child (a trial with a ``gmsearch:parent``) is stopped at epoch ``e >
-    warmup`` when its intermediate value is below the rival's intermediate
-    value at epoch ``e`` by more than ``margin``. The rival is the candidate
+    warmup`` when its intermediate value is below the rival's bar at epoch
+    ``e`` by more than ``margin`` (:func:`bar`: the rival's intermediate value
+    at ``e``, or its final value, which decides replacement, when that is
+    lower; the other way round when minimising). The rival is the candidate
     the child would replace (closest in spectrum distance in the current
     population, first closest on ties), recomputed at every epoch from
     storage so many workers agree; its number is stored on the child as
@@ -201,8 +216,10 @@ class NichePruner(BasePruner):
     Losers fall behind early and stay behind; most winners are level or
     ahead from the first epochs, but a few late bloomers trail by up to 0.23
     in epochs 1-3 (by at most 0.12 from epoch 4). The rule replayed on those
-    curves (``benchmarks/search_cost.py --sweep``): share of losers stopped,
-    winners stopped (missed replacements) and child-epochs saved:
+    curves (``benchmarks/search_cost.py --sweep``; measured when the bar was
+    the rival's value at ``e`` alone, before it took the rival's final value
+    too): share of losers stopped, winners stopped (missed replacements) and
+    child-epochs saved:
 
     ======  ======  =====  ===========  =====
     warmup  margin  lost   replaced     saved
@@ -293,7 +310,7 @@ class NichePruner(BasePruner):
         attrs = storage.get_trial_user_attrs(trial_id_of(trial))
         if attrs.get(RIVAL_KEY) != rival.number:
             storage.set_trial_user_attr(trial_id_of(trial), RIVAL_KEY, rival.number)
-        target = curve_value(rival.intermediate_values, epoch)
+        target = bar(rival.intermediate_values, rival.value, epoch, study.direction)
         if target is None or behind_by(value, target, study.direction) <= self.margin:
             return False
         if attrs.get(WOULD_PRUNE_KEY) is None:
@@ -321,13 +338,18 @@ def _children(study: Study) -> list[FrozenTrial]:
     ]
 
 
-def shadow_report(study: Study) -> dict[str, Any]:
+def shadow_report(study: Study, *, population_size: int | None = None) -> dict[str, Any]:
     """What a :class:`NichePruner` decided on ``study``'s finished children, from storage alone.
 
     Most useful after a run with ``NichePruner(shadow=True)``: children train
     to the end, so the report knows which stopped children would in fact
-    have replaced their rival (missed replacements). After a real pruning run
-    the stopped children are PRUNED and never replace (``missed`` is 0).
+    have replaced their rival (missed replacements). Replacements are the
+    replay's (:func:`~gmsearch.search.selection.replay_of`, as in
+    :func:`gmsearch.lineage`), not each worker's own ``gmsearch:replaced``,
+    which another worker's trial finishing at the same moment can make
+    wrong. After a real pruning run the stopped children are PRUNED and
+    never replace (``missed`` is 0). ``population_size``: as for
+    :func:`learning_curves`.
 
     Returns:
         ``children`` (finished children), ``child_epochs`` (epochs they
@@ -340,11 +362,12 @@ def shadow_report(study: Study) -> dict[str, Any]:
         (of ``replacements``). Shares are 0.0 when their base is 0.
     """
     children = _children(study)
+    replaced = replay_of(study, population_size).replaced
     epochs = {t.number: len(t.intermediate_values) for t in children}
     stopped = [t for t in children if t.user_attrs.get(WOULD_PRUNE_KEY) is not None]
     saved = sum(max(epochs[t.number] - int(t.user_attrs[WOULD_PRUNE_KEY]), 0) for t in stopped)
-    replacements = [t for t in children if t.user_attrs.get(REPLACED_KEY) is not None]
-    missed = [t for t in stopped if t.user_attrs.get(REPLACED_KEY) is not None]
+    replacements = [t for t in children if replaced.get(t.number) is not None]
+    missed = [t for t in stopped if replaced.get(t.number) is not None]
     total = sum(epochs.values())
 
     def share(a: int, b: int) -> float:
@@ -372,7 +395,7 @@ def learning_curves(study: Study, *, population_size: int | None = None) -> list
     otherwise it is recomputed from the trials that had finished when the
     child started (exact for one worker). Rows: ``number``, ``state``,
     ``curve`` and ``rival_curve`` (epoch -> value), ``rival``, ``value``,
-    ``rival_value`` and ``replaced`` (bool).
+    ``rival_value`` and ``replaced`` (bool, from the replay as in :func:`shadow_report`).
     """
     size, scale = _search_settings(study)
     size = population_size or size
@@ -380,6 +403,7 @@ def learning_curves(study: Study, *, population_size: int | None = None) -> list
         raise ValueError(f"study {study.study_name!r} has no gmsearch sampler settings; pass population_size")
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
+    replaced = replay(trials, size, study.directions, scale=scale).replaced
     rows = []
     for child in _children(study):
         number = child.user_attrs.get(RIVAL_KEY)
@@ -398,7 +422,7 @@ def learning_curves(study: Study, *, population_size: int | None = None) -> list
             "rival_curve": dict(sorted(rival.intermediate_values.items())),
             "value": child.value,
             "rival_value": rival.value,
-            "replaced": child.user_attrs.get(REPLACED_KEY) is not None,
+            "replaced": replaced.get(child.number) is not None,
         })
     return rows
 
@@ -411,7 +435,7 @@ def would_prune_at(row: dict[str, Any], *, warmup: int, margin: float, maximize:
     for epoch in sorted(curve):
         if epoch <= warmup or not math.isfinite(curve[epoch]):
             continue
-        target = curve_value(rival, epoch)
+        target = bar(rival, row.get("rival_value"), epoch, direction)
         if target is not None and behind_by(curve[epoch], target, direction) > margin:
             return epoch
     return None

@@ -210,8 +210,9 @@ def replay_study(
         return incremental.update(trials, extra=extra)
 
 
-def _replay_of(study: optuna.Study, population_size: int | None = None) -> Replay:
-    """The replay of ``study`` with the settings of its sampler (or those stored on the study)."""
+def replay_of(study: optuna.Study, population_size: int | None = None) -> Replay:
+    """The replay of ``study`` with the settings of its sampler (or those stored on the study): the final word
+    on which child replaced which candidate, the same in every process."""
     stored = storage_of(study).get_study_system_attrs(study_id_of(study)).get(SAMPLER_KEY) or {}
     live = study.sampler
     size = population_size or getattr(live, "population_size", None) or stored.get("population_size")
@@ -223,7 +224,7 @@ def _replay_of(study: optuna.Study, population_size: int | None = None) -> Repla
 
 def population(study: optuna.Study, *, population_size: int | None = None) -> list[FrozenTrial]:
     """The current candidates of ``study`` as FrozenTrials, in slot order."""
-    return _replay_of(study, population_size).slots
+    return replay_of(study, population_size).slots
 
 
 def ranked_population(study: optuna.Study) -> list[FrozenTrial]:
@@ -244,7 +245,7 @@ def lineage(study: optuna.Study) -> list[dict[str, Any]]:
     trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]
     if not trials:
         return []
-    result = _replay_of(study)
+    result = replay_of(study)
     current = {t.number for t in result.slots}
     rows = []
     for t in trials:
