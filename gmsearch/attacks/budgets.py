@@ -33,7 +33,8 @@ def default_budget(name: str, *, in_channels: int, image_size: tuple[int, int] |
     )
     budgets: dict[str, dict[str, Any]] = {
         "pgd_linf": linf,
-        "mi_fgsm": linf,
+        # the transfer attacks: MI-FGSM's budget (their own defaults for everything else)
+        **dict.fromkeys(("mi_fgsm", "ni_fgsm", "sini_fgsm", "vmi_fgsm", "ti_fgsm", "bsr", "sia", "sgm"), linf),
         "fgsm": {"eps": linf["eps"]},
         "pgd_l2": (
             {"eps": 2.0, "alpha": 0.5, "steps": 10} if grey else {"eps": 0.5, "alpha": 0.125, "steps": 10}

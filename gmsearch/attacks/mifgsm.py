@@ -13,8 +13,9 @@ from gmsearch.attacks._base import Attack, _check_int, _check_number, register
 
 @register("mi_fgsm")
 class MIFGSM(Attack):
-    """Momentum iterative FGSM, for transferable examples (Dong et al. 2018, "Boosting Adversarial
-    Attacks with Momentum", CVPR).
+    """Momentum iterative FGSM, for transferable examples (Dong et al. 2018, CVPR).
+
+    Paper: "Boosting Adversarial Attacks with Momentum", arXiv:1710.06081.
 
     Matches ``torchattacks.MIFGSM``: each gradient is divided by its mean
     absolute value per image and added to the decayed momentum, whose sign
