@@ -40,7 +40,8 @@ def objective(ctx: Context, *, epochs: int = 1) -> gms.GMObjective:
 def sampler(seed: int = 0) -> gms.NicheEvolutionSampler:
     """The evolution sampler with a budget that keeps children small enough for CPU benchmarks."""
     budget = mutations.SizeBudget(max_blocks=8, max_params=60_000, in_channels=1, num_classes=10, image_size=16)
-    return gms.NicheEvolutionSampler(population_size=3, n_children=2, seed=seed, budget=budget)
+    # epoch_schedule=None: each benchmark's objective decides the epochs
+    return gms.NicheEvolutionSampler(population_size=3, n_children=2, seed=seed, budget=budget, epoch_schedule=None)
 
 
 def study(path: Path, name: str, sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:

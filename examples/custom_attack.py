@@ -48,7 +48,7 @@ def main() -> None:
         objective = gms.GMObjective(
             data, reference=reference, attack="fgm_l2", attack_params={"eps": 1.0}, epochs=2, cache_dir=tmp
         )
-        sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, seed=0)
+        sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, seed=0, epoch_schedule=None)
         study = gms.create_study(study_name="custom-attack", storage=None, sampler=sampler)
         study.optimize(objective, n_trials=gms.n_trials_for(generations=1, population_size=2, n_children=1))
         for trial in gms.population(study):

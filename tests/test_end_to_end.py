@@ -77,7 +77,8 @@ def test_reference_cache_loads_instead_of_training(setup: tuple[gms.GMObjective,
 
 def test_trial_weights_reload_to_the_same_accuracy(setup: tuple[gms.GMObjective, Path]) -> None:
     objective, _ = setup
-    study = gms.create_study(study_name="w", storage=None, sampler=gms.NicheEvolutionSampler(population_size=2, seed=1))
+    study = gms.create_study(study_name="w", storage=None, sampler=gms.NicheEvolutionSampler(
+        population_size=2, seed=1, epoch_schedule=None))
     study.optimize(objective, n_trials=2)
     trial = study.best_trial
     net = gms.load_trial_model(trial, objective.artifact_store, objective.data)
@@ -88,7 +89,7 @@ def test_trial_weights_reload_to_the_same_accuracy(setup: tuple[gms.GMObjective,
 def test_trial_weights_are_optuna_artifacts(setup: tuple[gms.GMObjective, Path], tmp_path: Path) -> None:
     """A trial's weights are an Optuna artifact of the trial (Optuna's upload_artifact), listed by Optuna."""
     objective, _ = setup
-    sampler = gms.NicheEvolutionSampler(population_size=2, seed=1)
+    sampler = gms.NicheEvolutionSampler(population_size=2, seed=1, epoch_schedule=None)
     study = gms.create_study(study_name="a", storage=f"sqlite:///{tmp_path / 'a.db'}", sampler=sampler)
     study.optimize(objective, n_trials=1)
     trial = study.trials[0]
@@ -112,7 +113,7 @@ def test_trial_weights_are_optuna_artifacts(setup: tuple[gms.GMObjective, Path],
 
 def test_a_diverging_child_fails_alone(setup: tuple[gms.GMObjective, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     objective, _ = setup
-    sampler = gms.NicheEvolutionSampler(population_size=2, seed=2)
+    sampler = gms.NicheEvolutionSampler(population_size=2, seed=2, epoch_schedule=None)
     study = gms.create_study(study_name="nan", storage=None, sampler=sampler)
     real = gms.losses.gm_objective
 
@@ -147,7 +148,7 @@ def test_a_trial_stores_its_learning_curve_with_its_results(
 
     monkeypatch.setattr("gmsearch.search.objective.write_trial", counted)
     study = gms.create_study(study_name="curve", storage=f"sqlite:///{tmp_path / 'curve.db'}",
-                             sampler=gms.NicheEvolutionSampler(population_size=2, seed=3))
+                             sampler=gms.NicheEvolutionSampler(population_size=2, seed=3, epoch_schedule=None))
     study.optimize(objective, n_trials=1)
     (trial,) = study.get_trials()
     assert trial.state == TrialState.COMPLETE
@@ -163,7 +164,7 @@ def test_a_trained_child_leaves_no_tensors_for_the_garbage_collector(setup: tupl
     import gc
 
     objective, _ = setup
-    sampler = gms.NicheEvolutionSampler(population_size=2, seed=4)
+    sampler = gms.NicheEvolutionSampler(population_size=2, seed=4, epoch_schedule=None)
     study = gms.create_study(study_name="gc", storage=None, sampler=sampler)
 
     def live_tensors() -> int:

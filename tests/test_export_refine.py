@@ -33,7 +33,7 @@ def tiny(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[optuna.Stud
         epochs=1, cache_dir=cache, artifact_store=work / "gmsearch_artifacts",  # where export looks by default
     )
     url = f"sqlite:///{work / 'study.db'}"
-    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, generations=1, seed=0)
+    sampler = gms.NicheEvolutionSampler(population_size=2, n_children=1, generations=1, seed=0, epoch_schedule=None)
     study = gms.create_study(study_name="tiny", storage=url, sampler=sampler)
     schema.record_data(study, objective.data)  # as `gmsearch run` does
     study.optimize(objective, n_trials=10)

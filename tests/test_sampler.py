@@ -13,6 +13,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
 import gmsearch as gms
+from gmsearch.config import SearchConfig
 from gmsearch.search.census import PENDING_SECONDS, census_of
 from gmsearch.search.sampler import SPECTRUM_PARAMS
 from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, SURPLUS_KEY, TOLD_FAIL_KEY, trial_seed
@@ -359,3 +360,16 @@ def test_two_threads_draw_what_one_worker_draws() -> None:
         if parent is not None:
             rng = random.Random(trial_seed(7, number))
             assert toolbox.aggressive(gms.genome_of(threaded[parent]), rng) == gms.genome_of(child)
+
+
+def test_the_default_epoch_schedule_is_the_papers_as_in_the_config() -> None:
+    search = SearchConfig()
+    configured = gms.EpochSchedule(base=search.epochs, step=search.epochs_step, every=search.epochs_every)
+    assert gms.NicheEvolutionSampler().epoch_schedule == gms.EpochSchedule() == configured
+    study = gms.create_study(study_name="default", storage=None, sampler=gms.NicheEvolutionSampler(
+        population_size=S, n_children=N, min_distance=D, seed=7))
+    study.optimize(objective, n_trials=S + S * N)
+    assert {t.user_attrs["gmsearch:epochs"] for t in study.trials} == {search.epochs}
+    quiet = gms.create_study(study_name="none", storage=None, sampler=sampler(epoch_schedule=None))
+    quiet.optimize(objective, n_trials=2)  # None: the objective decides
+    assert not [t for t in quiet.trials if "gmsearch:epochs" in t.user_attrs]

@@ -81,6 +81,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch import interrupt
+from gmsearch.config import SearchConfig
 from gmsearch.errors import Interrupted
 from gmsearch.nets.genome import Genome
 from gmsearch.search import mutations
@@ -121,12 +122,14 @@ class EpochSchedule:
 
     Generations 1..every train ``base`` epochs, the next ``every`` generations
     ``base + step``, and so on (paper: 1-10 train 20, 11-20 train 25, ..., 41-50
-    train 40); the initial candidates (generation 0) train ``base``.
+    train 40); the initial candidates (generation 0) train ``base``. The
+    defaults are the paper's, as ``[search] epochs``, ``epochs_step`` and
+    ``epochs_every`` of :class:`gmsearch.config.SearchConfig` give them.
     """
 
-    base: int = 20
-    step: int = 5
-    every: int = 10
+    base: int = SearchConfig.epochs
+    step: int = SearchConfig.epochs_step
+    every: int = SearchConfig.epochs_every
 
     def __post_init__(self) -> None:
         if self.base < 1 or self.step < 0 or self.every < 1:
@@ -189,7 +192,9 @@ class NicheEvolutionSampler(BaseSampler):
             all trials of generations ``1..g`` have finished (trials started
             after that are surplus and pruned at once; see the module docstring).
         epoch_schedule: Epochs per generation told to the objective through
-            the user attr ``gmsearch:epochs`` (None: the objective decides).
+            the user attr ``gmsearch:epochs``; default: the paper's (20, +5
+            every 10 generations), as ``gmsearch run`` uses it. None: the
+            objective decides (``GMObjective(epochs=...)`` for every trial).
         mutation_names: Restrict mutation operators to these names.
         mutation_weights: Relative weights of mutation operators by name.
         budget: Size budget that keeps children trainable.
@@ -210,7 +215,7 @@ class NicheEvolutionSampler(BaseSampler):
         min_distance: float = 4.0,
         mutations_per_child: int | tuple[int, int] = (4, 5),
         generations: int | None = None,
-        epoch_schedule: EpochSchedule | None = None,
+        epoch_schedule: EpochSchedule | None = EpochSchedule(),
         mutation_names: Sequence[str] | None = None,
         mutation_weights: dict[str, float] | None = None,
         budget: mutations.SizeBudget | None = None,
