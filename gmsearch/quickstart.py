@@ -26,6 +26,7 @@ from gmsearch.report.stored import store_baseline
 from gmsearch.runner import optimize_until_finished
 from gmsearch.search.baselines import Row, evolved_rows, format_table, reference_gm_row, reference_row
 from gmsearch.search.sampler import n_trials_for
+from gmsearch.training.loop import numerics
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +121,8 @@ def run_quickstart(
     rows += evolved_rows(study, objective, top=1)
     title = (
         f"digits test split ({len(data.test)} images); adversarial examples transferred from the "
-        f"reference by {objective.attack.describe()}"
+        f"reference by {objective.attack.describe()}\nseed {seed}; {numerics(dev)} (another thread count, device "
+        "or torch build trains other networks: other numbers)"
     )
     table = format_table(rows, title=title)
     history = work / "gmsearch_quickstart_history.html"

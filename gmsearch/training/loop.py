@@ -8,13 +8,14 @@ split and cached; with augmentation they are computed on the fly. The loss is
 checked for NaN/Inf once per epoch (no host synchronisation per step).
 
 Fast path (measured by ``benchmarks/run.py``): on CUDA cuDNN's autotuner is
-on (``cudnn.benchmark``), Adam is the fused kernel and images and network are
-``channels_last``; every step differentiates w.r.t. the parameters only; the
-GM step differentiates BatchNorm, ReLU, ``cat`` and adaptive pooling twice
-through :mod:`gmsearch.losses`' closed forms. The GM step always runs in
-float32 (TF32 convolutions on CUDA, PyTorch's default). bf16 autocast is
-offered for plain cross-entropy training only (``amp=True``) and is off by
-default: on an H100 it made no epoch faster for networks of this size.
+on (``cudnn.benchmark``; off under ``torch.use_deterministic_algorithms(True)``),
+Adam is the fused kernel and images and network are ``channels_last``; every
+step differentiates w.r.t. the parameters only; the GM step differentiates
+BatchNorm, ReLU, ``cat`` and adaptive pooling twice through
+:mod:`gmsearch.losses`' closed forms. The GM step always runs in float32
+(TF32 convolutions on CUDA, PyTorch's default). bf16 autocast is offered for
+plain cross-entropy training only (``amp=True``) and is off by default: on an
+H100 it made no epoch faster for networks of this size.
 """
 
 from __future__ import annotations
@@ -67,6 +68,20 @@ def resolve_device(device: str | torch.device | None = None) -> torch.device:
     if device is not None:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def numerics(device: str | torch.device | None = None) -> str:
+    """What a seeded run's numbers depend on beside the seed, e.g. ``torch 2.14.1, cpu, 2 threads``.
+
+    The seed fixes the data split, the genomes, every initialisation and batch order; the last bits of
+    every sum still depend on the torch build, the device (CPU model, GPU) and, on CPU, how many intra-op
+    threads split each reduction, and training carries those bits into different networks.
+    """
+    dev = resolve_device(device)
+    if dev.type != "cpu":
+        return f"torch {torch.__version__}, {torch.cuda.get_device_name(dev) if dev.type == 'cuda' else dev.type}"
+    threads = torch.get_num_threads()
+    return f"torch {torch.__version__}, cpu, {threads} thread{'' if threads == 1 else 's'}"
 
 
 def reference_gradients(
@@ -134,8 +149,10 @@ def release_memory(device: str | torch.device | None = None) -> None:
 
 
 def _use_fast_cuda(dev: torch.device) -> None:
-    """Settings that only change speed on CUDA: cuDNN picks the fastest kernel per conv shape."""
-    if dev.type == "cuda":
+    """On CUDA, cuDNN's autotuner picks the fastest kernel per conv shape, by timing: faster, but which kernel
+    wins (and so the last bits of every result) can change from run to run. Left off when the caller asked
+    PyTorch for deterministic algorithms (``torch.use_deterministic_algorithms(True)``)."""
+    if dev.type == "cuda" and not torch.are_deterministic_algorithms_enabled():
         torch.backends.cudnn.benchmark = True
 
 
