@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shlex
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from gmsearch import __version__
+
+if TYPE_CHECKING:
+    import optuna
 
 PROG = "gmsearch"
 
@@ -61,7 +65,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
     import optuna
 
     from gmsearch import runner
-    from gmsearch.search.study import mask_url
 
     if not args.verbose:  # the plan, the progress bar and the summary say what Optuna's INFO lines would
         optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -73,16 +76,41 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if failed:
         print(f"{PROG}: error: study {study.study_name!r}: {failed}", file=sys.stderr)
         return 1
-    done = [t for t in study.get_trials(deepcopy=False) if t.values]
     print(f"study {study.study_name}: {runner.trial_summary(study)}")
-    if done and len(study.directions) == 1:
-        best = study.best_trial
-        print(f"best: trial {best.number}, fitness {best.value:.4f} (val clean {best.user_attrs.get('clean_acc')}, "
-              f"adv {best.user_attrs.get('adv_acc')})")
-    where = f"--storage {mask_url(cfg.study.storage)} --study {cfg.study.name}"
-    print(f"report: gmsearch report {where} --out report.html")
-    print(f"export: gmsearch export {where} --best")
+    for line in next_steps(study, cfg.study.storage):
+        print(line)
     return 0
+
+
+def _accuracy(value: object) -> str:
+    return f"{value:.4f}" if isinstance(value, int | float) else "n/a"
+
+
+def next_steps(study: optuna.Study, storage: str) -> list[str]:
+    """The lines after a run: the best trial (or the Pareto front) and the ``report`` and ``export`` commands
+    that work on it (quoted for a POSIX shell; a password in the URL is masked)."""
+    from optuna.trial import TrialState
+
+    from gmsearch.search.study import mask_url
+
+    where = f"--storage {shlex.quote(mask_url(storage))} --study {shlex.quote(study.study_name)}"
+    lines = []
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        return [f"report: gmsearch report {where} --out report.html"]  # nothing finished: nothing to export
+    if len(study.directions) == 1:
+        best = study.best_trial
+        lines.append(f"best: trial {best.number}, fitness {best.value:.4f} (val clean "
+                     f"{_accuracy(best.user_attrs.get('clean_acc'))}, adv {_accuracy(best.user_attrs.get('adv_acc'))})")
+        export = "--best"
+    else:  # --best needs one best trial: name one of the Pareto front
+        front = sorted(study.best_trials, key=lambda t: t.number)
+        lines.append("pareto front: " + "; ".join(
+            f"trial {t.number} (values {', '.join(_accuracy(v) for v in t.values)})" for t in front
+        ))
+        export = f"--trial {front[0].number}"
+    lines.append(f"report: gmsearch report {where} --out report.html")
+    lines.append(f"export: gmsearch export {where} {export}")
+    return lines
 
 
 def _cmd_report(args: argparse.Namespace) -> int:

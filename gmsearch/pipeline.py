@@ -271,14 +271,20 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | 
         state = f"cached in {file}" if file is not None else "not cached: it trains now"
         reference = f"{ref.name}, {ref.epochs} epochs ({state})"
     attack = attacks.create(cfg.attack.name, **attack_params(cfg, data.input_shape)).describe()
-    schedule = f"{s.epochs} epochs per child" + (f" (+{s.epochs_step} every {s.epochs_every} generations)"
-                                                 if s.epochs_step else "")
+    last = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every).epochs(s.generations)
+    schedule = f"{_count(s.epochs, 'epoch')} per child" + (  # the note only when some generation trains more
+        f" (+{s.epochs_step} every {s.epochs_every} generations: {last} in generation {s.generations})"
+        if last > s.epochs else ""
+    )
+    caps = [f"at most {n} {split} images per class" for split, n in (("train", cfg.data.max_train_per_class),
+                                                                       ("test", cfg.data.max_test_per_class)) if n]
     rows = [
-        ("data", f"{data.name}: train {len(data.train)} / val {len(data.val)} / test {len(data.test)}, "
-                 f"images {c}x{h}x{w}, {data.num_classes} classes"),
+        ("data", f"{cfg.data.name}{' (' + ', '.join(caps) + ')' if caps else ''}: train {len(data.train)} / "
+                 f"val {len(data.val)} / test {len(data.test)}, images {c}x{h}x{w}, {data.num_classes} classes"),
         ("reference", reference),
         ("attack", f"{attack} (transferred from the reference)"),
-        ("search", f"population {s.population_size} x {s.n_children} children, {s.generations} generations "
+        ("search", f"population {s.population_size} x {_count(s.n_children, 'child', 'children')}, "
+                   f"{_count(s.generations, 'generation')} "
                    f"({n_trials_for(s.generations, s.population_size, s.n_children)} trials), {schedule}, "
                    f"lam {cfg.training.lam}, fitness {cfg.fitness.name}, pruner {cfg.search.pruner}"),
         ("storage", f"{mask_url(cfg.study.storage)} (study {cfg.study.name!r})"),
@@ -287,6 +293,11 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | 
         ("workers", describe_workers(cfg, workers)),
     ]
     return [f"  {k:<10} {v}" for k, v in rows]
+
+
+def _count(n: int, one: str, many: str | None = None) -> str:
+    """``1 generation``, ``3 generations``."""
+    return f"{n} {one if n == 1 else many or one + 's'}"
 
 
 def make_objective(
