@@ -150,6 +150,32 @@ def test_numerics_names_torch_device_and_threads() -> None:
         torch.set_num_threads(threads)
 
 
+def test_a_reference_cached_at_another_thread_count_says_so(tmp_path: Path, tiny_data: Any) -> None:
+    """The cache key holds the reference's inputs, not the thread count (workers share it): a run that loads a
+    reference trained with other numerics says so, with both, instead of silently printing the cached run's
+    numbers."""
+    import torch
+
+    from gmsearch.nets import references
+
+    data = tiny_data(32)
+    lines: list[str] = []
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        references.get("hand_a", data, epochs=1, device="cpu", cache_dir=tmp_path, progress=lines.append)
+        assert any(line.startswith("training reference hand_a") for line in lines)
+        lines.clear()
+        references.get("hand_a", data, epochs=1, device="cpu", cache_dir=tmp_path, progress=lines.append)
+        assert lines == []  # same numerics: loaded without a word
+        torch.set_num_threads(2)
+        references.get("hand_a", data, epochs=1, device="cpu", cache_dir=tmp_path, progress=lines.append)
+    finally:
+        torch.set_num_threads(threads)
+    assert len(lines) == 1 and "was trained with" in lines[0], lines  # loaded, not retrained
+    assert f"torch {torch.__version__}, cpu, 1 thread;" in lines[0] and "cpu, 2 threads" in lines[0]
+
+
 if __name__ == "__main__":
     workdir, out_json, n_threads = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
     result = dump(workdir, n_threads)

@@ -23,9 +23,12 @@ from gmsearch.data._loaders import Dataset
 from gmsearch.evaluation import accuracy
 from gmsearch.nets import architectures, zoo
 from gmsearch.nets.builder import build
-from gmsearch.training.loop import resolve_device, train
+from gmsearch.training.loop import numerics, resolve_device, train
 
 logger = logging.getLogger(__name__)
+
+#: The cached reference's record of what trained it (:func:`gmsearch.training.loop.numerics`, UTF-8 bytes).
+TRAINED_WITH = "trained_with"
 
 
 def _register_genome_architecture(name: str) -> None:
@@ -182,9 +185,15 @@ def get(
         train(net, data, lam=0.0, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, device=dev,
               log=say, what=f"reference {name}")
         acc = accuracy(net, test_x, test_y)
-        return {**{f"state.{k}": v for k, v in net.state_dict().items()}, "clean_acc": torch.tensor(acc)}
+        trained_with = torch.tensor(list(numerics(dev).encode()), dtype=torch.uint8)
+        return {**{f"state.{k}": v for k, v in net.state_dict().items()}, "clean_acc": torch.tensor(acc),
+                TRAINED_WITH: trained_with}
 
     stored = cache.cached_tensors(file, meta, compute, what=f"reference {name}")
+    if TRAINED_WITH in stored and (then := bytes(stored[TRAINED_WITH].tolist()).decode()) != numerics(dev):
+        say(f"reference {name} from the cache ({file}) was trained with {then}; this run has {numerics(dev)}, which "
+            "would train other weights: the adversarial sets and every table follow the cached ones (a fresh "
+            "cache_dir retrains it)")
     model = build_architecture(name, data)
     model.load_state_dict({k[len("state.") :]: v for k, v in stored.items() if k.startswith("state.")})
     frozen = FrozenReference(model.to(dev), name=name, clean_acc=float(stored["clean_acc"]))
