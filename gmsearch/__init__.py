@@ -36,6 +36,7 @@ _MODULES = {
     "fitness": "gmsearch.search.fitness",
     "mutations": "gmsearch.search.mutations",
     "pruners": "gmsearch.search.pruners",
+    "samplers": "gmsearch.search.samplers",
     "losses": "gmsearch.training.gm_loss",
     "report": "gmsearch.report",
     "paper": "gmsearch.paper",
@@ -104,6 +105,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         population,
         pruners,
         refine,
+        samplers,
     )
     from gmsearch.search.pruners import NichePruner
     from gmsearch.training import TrainingDivergedError, TrainResult, reference_gradients, train
@@ -151,6 +153,7 @@ __all__ = [
     "references",
     "refine",
     "report",
+    "samplers",
     "spectrum_distance",
     "train",
     "zoo",

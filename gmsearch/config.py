@@ -134,6 +134,8 @@ class SearchConfig:
     max_blocks: int = 20
     max_params: int | None = None
     mutations: list[str] = field(default_factory=list)
+    sampler: str = "niche"
+    sampler_params: dict[str, Any] = field(default_factory=dict)
     pruner: str = "nop"
     pruner_params: dict[str, Any] = field(default_factory=dict)
     inherit: bool = False

@@ -29,11 +29,11 @@ from gmsearch import attacks, cache, interrupt
 from gmsearch import data as datasets
 from gmsearch.config import RunConfig
 from gmsearch.errors import EnvironmentProblem, UsageError
-from gmsearch.nets import architectures, references
+from gmsearch.nets import architectures, references, zoo
 from gmsearch.plugins import load_plugins
-from gmsearch.search import fitness, mutations, pruners, schema
+from gmsearch.search import fitness, mutations, pruners, samplers, schema
 from gmsearch.search.objective import GMObjective
-from gmsearch.search.sampler import EpochSchedule, NicheEvolutionSampler, n_trials_for
+from gmsearch.search.samplers import EpochSchedule, GenomeSampler, n_trials_for
 from gmsearch.search.study import check_storage, create_study, make_storage, mask_url
 from gmsearch.training import gm_loss
 
@@ -127,6 +127,7 @@ def check(cfg: RunConfig) -> None:
     for name in cfg.search.mutations:
         mutations.get(name)
     pruners.create(cfg.search.pruner, **cfg.search.pruner_params)  # unknown name or bad parameter: one line
+    samplers.create(cfg.search.sampler, **sampler_params(cfg))  # unknown name or bad parameter: one line
     if cfg.data.name not in datasets.names() and not cfg.data.name.endswith(".npz"):
         datasets.get(cfg.data.name)  # the error lists the registered datasets
     if cfg.data.name.endswith(".npz") and not Path(cfg.data.name).is_file():
@@ -314,8 +315,26 @@ def make_objective(
     )
 
 
-def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> NicheEvolutionSampler:
-    """Algorithm 1 with the configured population, epoch schedule and size budget."""
+def sampler_params(cfg: RunConfig) -> dict[str, Any]:
+    """``[search] sampler_params``, and for ``restarts`` the reference's architecture as the default genome.
+
+    Raises:
+        UsageError: ``restarts`` without a genome and with a reference that is not a zoo genome.
+    """
+    params = dict(cfg.search.sampler_params)
+    if cfg.search.sampler == "restarts" and "genome" not in params:
+        if cfg.reference.name not in zoo.names():
+            raise UsageError(
+                f"[search] sampler \"restarts\": the reference {cfg.reference.name!r} is not a zoo genome "
+                f"({', '.join(zoo.names())}); set [search] sampler_params.genome to genome JSON or a zoo name"
+            )
+        params["genome"] = cfg.reference.name
+    return params
+
+
+def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> GenomeSampler:
+    """The configured way (``[search] sampler``, default Algorithm 1) with the configured population, epoch
+    schedule and size budget."""
     s = cfg.search
     channels, height, _ = data.input_shape
     budget = mutations.SizeBudget(
@@ -326,15 +345,15 @@ def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> NicheEvolutionSample
         mutations.initial_population(s.population_size, s.min_distance, random.Random(cfg.seed), budget=budget)
     except ValueError as exc:
         raise UsageError(f"[search] min_distance {s.min_distance} for {s.population_size} candidates: {exc}") from None
-    return NicheEvolutionSampler(
-        population_size=s.population_size, n_children=s.n_children, min_distance=s.min_distance,
+    return samplers.create(
+        s.sampler, population_size=s.population_size, n_children=s.n_children, min_distance=s.min_distance,
         mutations_per_child=(s.mutations_per_child[0], s.mutations_per_child[1]), generations=s.generations,
         epoch_schedule=EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every),
-        mutation_names=s.mutations or None, seed=cfg.seed, budget=budget,
+        mutation_names=s.mutations or None, seed=cfg.seed, budget=budget, **sampler_params(cfg),
     )
 
 
-def make_study(cfg: RunConfig, sampler: NicheEvolutionSampler, objective: GMObjective) -> optuna.Study:
+def make_study(cfg: RunConfig, sampler: GenomeSampler, objective: GMObjective) -> optuna.Study:
     """Create or resume the study and record on it what rebuilds its networks and how it attacks."""
     two = objective.n_objectives > 1
     study = create_study(
@@ -357,7 +376,7 @@ class Pipeline:
     data: datasets.Dataset
     reference: torch.nn.Module
     objective: GMObjective
-    sampler: NicheEvolutionSampler
+    sampler: GenomeSampler
     study: optuna.Study
 
     @property

@@ -87,7 +87,7 @@ def load_plugin(name_or_path: str | Path) -> ModuleType:
 #: The modules that register gmsearch's own plugins (``import gmsearch`` is lazy, so they load here).
 BUILTIN_MODULES = (
     "gmsearch.attacks", "gmsearch.data", "gmsearch.nets.architectures", "gmsearch.search.fitness",
-    "gmsearch.search.mutations", "gmsearch.search.pruners", "gmsearch.training.gm_loss",
+    "gmsearch.search.mutations", "gmsearch.search.pruners", "gmsearch.search.samplers", "gmsearch.training.gm_loss",
 )
 
 

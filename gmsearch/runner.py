@@ -33,7 +33,7 @@ from gmsearch.config import RunConfig
 from gmsearch.errors import Interrupted, UsageError
 from gmsearch.search._optuna_private import OPTIMIZE_LOGGER, is_heartbeat_enabled, storage_of
 from gmsearch.search.objective import GMObjective
-from gmsearch.search.sampler import NicheEvolutionSampler, n_trials_for
+from gmsearch.search.samplers import GenomeSampler
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED
 from gmsearch.search.study import RequeueTrial
 
@@ -184,7 +184,8 @@ def optimize_until_finished(
     held by other (possibly dead) workers are left.
 
     Args:
-        study: A study whose sampler is a :class:`~gmsearch.NicheEvolutionSampler` with ``generations`` set.
+        study: A study whose sampler is a sampler plugin (:mod:`gmsearch.search.samplers`, e.g.
+            :class:`~gmsearch.NicheEvolutionSampler`) with ``generations`` set.
         objective: The objective, e.g. a :class:`~gmsearch.GMObjective`.
         show_progress_bar: Optuna's progress bar.
         max_consecutive_failures: Stop after this many failed trials in a row.
@@ -194,9 +195,10 @@ def optimize_until_finished(
         Whether the study has all its trials.
     """
     sampler = study.sampler
-    if not isinstance(sampler, NicheEvolutionSampler) or sampler.generations is None:
-        raise ValueError("optimize_until_finished needs a NicheEvolutionSampler with generations set")
-    total = n_trials_for(sampler.generations, sampler.population_size, sampler.n_children)
+    if not isinstance(sampler, GenomeSampler) or sampler.generations is None:
+        raise ValueError("optimize_until_finished needs a gmsearch sampler (e.g. NicheEvolutionSampler) with "
+                         "generations set")
+    total = sampler.n_planned
     progress = _Progress(max_consecutive_failures)
     heartbeat = is_heartbeat_enabled(storage_of(study))
     while not sampler.is_finished(study) and not progress.tripped:

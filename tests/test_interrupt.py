@@ -20,7 +20,7 @@ from optuna.trial import TrialState
 import gmsearch as gms
 from gmsearch import interrupt, runner
 from gmsearch.errors import Interrupted
-from gmsearch.search import sampler as sampler_module
+from gmsearch.search.samplers import _base as sampler_module
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY, TOLD_FAIL_KEY
 
 CONFIG = """

@@ -1,0 +1,194 @@
+"""Sampler plugins (ways of spending the budget) on a cheap spectrum fitness: no training."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+import shutil
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import optuna
+import pytest
+from _worker_helpers import in_child, join_all, spectrum_fitness, work_until_finished
+from optuna.trial import FrozenTrial, TrialState
+
+import gmsearch as gms
+from gmsearch import pipeline, runner
+from gmsearch.config import parse
+from gmsearch.errors import UsageError
+from gmsearch.plugins import table
+from gmsearch.search import mutations, samplers
+from gmsearch.search.samplers._base import niche_generation
+from gmsearch.search.samplers.regularized import aging_population, tournament
+from gmsearch.search.schema import EPOCHS_KEY, GENERATION_KEY, GENOME_KEY, PARENT_KEY, trial_seed
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+S, N, G, SEED = 3, 2, 2, 5
+PLANNED = gms.n_trials_for(G, S, N)  # 15
+WAYS = ["niche", "random", "regularized", "restarts"]
+SCHEDULE = gms.EpochSchedule(base=1, step=1, every=1)  # the generation shows in the epochs
+
+
+def make(name: str, **kw: object) -> samplers.GenomeSampler:
+    args: dict[str, object] = {
+        "population_size": S, "n_children": N, "min_distance": 2.0, "generations": G, "seed": SEED,
+        "epoch_schedule": SCHEDULE, "budget": mutations.SizeBudget(max_blocks=6),
+    }
+    args.update(kw)
+    return samplers.create(name, **args)
+
+
+def objective(trial: optuna.Trial) -> float:
+    return spectrum_fitness(gms.genome_of(trial))
+
+
+def done(study: optuna.Study) -> list[FrozenTrial]:
+    return [t for t in study.get_trials() if t.state == TrialState.COMPLETE and GENOME_KEY in t.system_attrs]
+
+
+def check_complete(study: optuna.Study, name: str) -> list[FrozenTrial]:
+    trials = study.get_trials()
+    assert not [t.number for t in trials if t.state in (TrialState.RUNNING, TrialState.WAITING)]
+    finished = done(study)
+    assert len(finished) == PLANNED
+    n_children = len([t for t in finished if t.user_attrs[PARENT_KEY] is not None])
+    assert n_children == (G * S * N if name in ("niche", "regularized") else 0)
+    # every way trains trial i for the epochs Algorithm 1's trial i trains: the same child-epochs
+    epochs = sorted(t.user_attrs[EPOCHS_KEY] for t in finished)
+    assert epochs == sorted(SCHEDULE.epochs(niche_generation(i, S, N)) for i in range(PLANNED))
+    assert study.sampler.is_finished(study)
+    return finished
+
+
+def test_the_registry_lists_every_way_and_gmsearch_plugins_shows_them() -> None:
+    assert set(WAYS) <= set(gms.samplers.names())
+    assert gms.samplers.get("niche") is gms.NicheEvolutionSampler
+    rows = {(kind, name) for kind, name, _, _ in table()}
+    assert {("sampler", way) for way in WAYS} <= rows
+    with pytest.raises(KeyError, match="unknown sampler 'nope'; available: niche, random, regularized, restarts"):
+        samplers.create("nope")
+    with pytest.raises(ValueError, match="sample_size"):
+        samplers.create("regularized", sample_size=0)
+
+
+@pytest.mark.parametrize("name", WAYS)
+def test_each_way_resumes_from_sqlite_to_the_planned_trials(name: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = gms.create_study(study_name=name, storage=url, sampler=make(name))
+    first.optimize(objective, n_trials=5)  # stopped part-way, as a killed run is
+    assert len(done(first)) == 5
+    again = gms.create_study(study_name=name, storage=url, sampler=make(name), load_if_exists=True)
+    assert runner.optimize_until_finished(again, objective)
+    finished = check_complete(again, name)
+    assert [t.number for t in finished][:5] == [0, 1, 2, 3, 4]  # the first five were kept, not redone
+    assert again.sampler.config()["sampler"] == name
+
+
+@pytest.mark.parametrize("name", WAYS)
+def test_threads_give_the_planned_trials(name: str) -> None:
+    study = gms.create_study(study_name=name, storage=None, sampler=make(name))
+    study.optimize(objective, n_trials=100, n_jobs=2)
+    check_complete(study, name)
+
+
+@pytest.fixture
+def url() -> Iterator[str]:
+    shm = Path("/dev/shm")
+    folder = Path(tempfile.mkdtemp(prefix="gmsearch-samplers-", dir=shm if shm.is_dir() else None))
+    try:
+        yield f"sqlite:///{folder / 'study.db'}"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _open(url: str, name: str, way: str) -> optuna.Study:
+    return gms.create_study(study_name=name, storage=url, sampler=make(way), heartbeat_interval=1, grace_period=5)
+
+
+def _work(url: str, name: str, way: str) -> None:
+    work_until_finished(_open(url, name, way), 0.02)
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork (Linux)")
+@pytest.mark.parametrize("name", WAYS)
+def test_two_processes_give_the_planned_trials(name: str, url: str) -> None:
+    study_name = f"{name}-{uuid.uuid4().hex[:8]}"
+    creator = in_child(_open, url, study_name, name)  # the parent never holds a connection across fork
+    creator.join(60)
+    assert creator.exitcode == 0
+    workers = [in_child(_work, url, study_name, name) for _ in range(2)]
+    join_all(workers, 120)
+    assert [w.exitcode for w in workers] == [0, 0]
+    check_complete(gms.load_study(study_name=study_name, storage=url, sampler=make(name)), name)
+
+
+def test_random_genomes_are_fresh_draws_within_the_budget() -> None:
+    budget = mutations.SizeBudget(max_blocks=4)
+    study = gms.create_study(study_name="r", storage=None, sampler=make("random", budget=budget))
+    study.optimize(objective, n_trials=PLANNED)
+    for t in done(study):
+        genome = gms.genome_of(t)
+        assert budget.allows(genome) and t.user_attrs[PARENT_KEY] is None
+        # a draw from the initial prior seeded by the trial alone: independent of every other trial
+        rng = random.Random(trial_seed(SEED, t.number))
+        assert genome == mutations.random_genome_far_from([], 0.0, rng, budget=budget)
+    assert len({gms.genome_of(t).to_json() for t in done(study)}) > PLANNED // 2
+
+
+def test_regularized_takes_the_best_of_its_sample_and_ages_out_the_oldest() -> None:
+    p = 4
+    sampler = make("regularized", population_size=p, sample_size=2, generations=3)
+
+    def worse_every_trial(trial: optuna.Trial) -> float:
+        gms.genome_of(trial)
+        return -float(trial.number)  # the oldest are the best: only aging makes them leave
+
+    study = gms.create_study(study_name="reg", storage=None, sampler=sampler)
+    study.optimize(worse_every_trial, n_trials=100)
+    trials = done(study)
+    assert len(trials) == gms.n_trials_for(3, p, N)
+    children = [t for t in trials if t.user_attrs[PARENT_KEY] is not None]
+    assert len(children) == 3 * p * N
+    for child in children:
+        before = [t for t in trials if t.number < child.number]  # one worker: all of them completed before it
+        population = aging_population(before, p)
+        assert [t.number for t in population] == [t.number for t in before[-p:]]  # the last p, oldest first
+        sample, best = tournament(population, 2, random.Random(trial_seed(SEED, child.number)), study.direction)
+        assert child.user_attrs[PARENT_KEY] == best.number == max(sample, key=lambda t: t.value).number
+        assert child.user_attrs[GENERATION_KEY] == niche_generation(child.number, p, N)
+    final = aging_population(trials, p)
+    assert [t.number for t in final] == [t.number for t in trials[-p:]]
+    assert trials[0].number not in {t.number for t in final}  # the best trial (0) aged out
+
+
+def test_restarts_train_one_genome_under_new_seeds() -> None:
+    study = gms.create_study(study_name="re", storage=None, sampler=make("restarts"))
+    study.optimize(objective, n_trials=100)
+    trials = check_complete(study, "restarts")
+    assert {gms.genome_of(t) for t in trials} == {gms.zoo.genome("hand_a")}
+    # GMObjective seeds a trial's initialisation with trial_seed(seed, trial number) and its batches with seed + number
+    assert len({trial_seed(0, t.number) for t in trials}) == len(trials)
+    genome = gms.zoo.genome("hand_b")
+    assert make("restarts", genome=genome.to_json()).genome == genome
+    with pytest.raises(ValueError, match="zoo genomes"):
+        make("restarts", genome="resnet18")
+
+
+def test_config_names_the_way_and_make_sampler_builds_it_through_the_registry() -> None:
+    data = SimpleNamespace(input_shape=(1, 16, 16), num_classes=10)
+    cfg = parse({"search": {"sampler": "regularized", "sampler_params": {"sample_size": 3}}})
+    built = pipeline.make_sampler(cfg, data)  # type: ignore[arg-type]
+    assert isinstance(built, samplers.RegularizedEvolutionSampler) and built.sample_size == 3
+    assert isinstance(pipeline.make_sampler(parse({}), data), gms.NicheEvolutionSampler)  # type: ignore[arg-type]
+    restarts = parse({"search": {"sampler": "restarts"}, "reference": {"name": "hand_b"}})
+    assert pipeline.make_sampler(restarts, data).genome == gms.zoo.genome("hand_b")  # type: ignore[arg-type,attr-defined]
+    not_zoo = parse({"search": {"sampler": "restarts"}, "reference": {"name": "resnet18"}})
+    with pytest.raises(UsageError, match="sampler_params.genome"):
+        pipeline.sampler_params(not_zoo)
+    with pytest.raises(KeyError, match="available: niche"):
+        pipeline.make_sampler(parse({"search": {"sampler": "nope"}}), data)  # type: ignore[arg-type]
