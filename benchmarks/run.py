@@ -29,9 +29,11 @@ from benchmarks import (
     bench_compile,
     bench_epoch,
     bench_gm,
+    bench_gm_batchnorm,
     bench_memory,
     bench_pgd,
     bench_sampler_scale,
+    bench_transfer,
     bench_workers,
 )
 from benchmarks.common import Context, Line, new_workdir
@@ -39,6 +41,7 @@ from benchmarks.common import Context, Line, new_workdir
 BENCHMARKS = {
     "gm": bench_gm.run,
     "pgd": bench_pgd.run,
+    "transfer": bench_transfer.run,
     "epoch": bench_epoch.run,
     "bookkeeping": bench_bookkeeping.run,
     "sampler_scale": bench_sampler_scale.run,
@@ -46,6 +49,7 @@ BENCHMARKS = {
     "memory": bench_memory.run,
     "compile": bench_compile.run,
     "children": bench_children.run,
+    "gm_batchnorm": bench_gm_batchnorm.run,
 }
 
 
