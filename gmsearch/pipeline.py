@@ -172,7 +172,7 @@ def check_folder(what: str, folder: Path) -> None:
 
 
 def check_resume(cfg: RunConfig) -> None:
-    """An existing study named ``[study] name`` in the storage must have been created with this
+    """An existing study named ``[study] name`` in the storage must have been created with this ``sampler``,
     ``population_size`` and ``n_children`` (else one population would mix two searches); nothing is written."""
     url = cfg.study.storage
     for prefix in ("sqlite:///", "journal:"):
@@ -190,6 +190,13 @@ def check_resume(cfg: RunConfig) -> None:
         if isinstance(storage, optuna.storages.RDBStorage):
             storage.engine.dispose()  # no connection (nor SQLite -wal file) left behind
     s = cfg.search
+    way = stored.get("sampler", "niche") if stored else s.sampler  # studies from before sampler plugins: niche
+    if way != s.sampler:
+        raise UsageError(
+            f"study {cfg.study.name!r} in {mask_url(url)} was created with sampler = {way!r}; this config has "
+            f"sampler = {s.sampler!r}: resume it with the same [search] sampler, or start a new study with another "
+            "[study] name (or storage)"
+        )
     differs = [k for k in ("population_size", "n_children") if k in stored and stored[k] != getattr(s, k)]
     if differs:
         was = ", ".join(f"{k} = {stored[k]}" for k in ("population_size", "n_children") if k in stored)
@@ -284,7 +291,7 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | 
                  f"val {len(data.val)} / test {len(data.test)}, images {c}x{h}x{w}, {data.num_classes} classes"),
         ("reference", reference),
         ("attack", f"{attack} (transferred from the reference)"),
-        ("search", f"population {s.population_size} x {_count(s.n_children, 'child', 'children')}, "
+        ("search", f"{s.sampler}: population {s.population_size} x {_count(s.n_children, 'child', 'children')}, "
                    f"{_count(s.generations, 'generation')} "
                    f"({n_trials_for(s.generations, s.population_size, s.n_children)} trials), {schedule}, "
                    f"lam {cfg.training.lam}, fitness {cfg.fitness.name}, pruner {cfg.search.pruner}"),

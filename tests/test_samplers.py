@@ -192,3 +192,15 @@ def test_config_names_the_way_and_make_sampler_builds_it_through_the_registry() 
         pipeline.sampler_params(not_zoo)
     with pytest.raises(KeyError, match="available: niche"):
         pipeline.make_sampler(parse({"search": {"sampler": "nope"}}), data)  # type: ignore[arg-type]
+
+
+def test_a_study_resumes_only_with_the_way_it_was_created_with(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = gms.create_study(study_name="w", storage=url, sampler=make("niche"))
+    study.optimize(objective, n_trials=1)  # the first trial stores the settings
+    same = parse({"search": {"population_size": S, "n_children": N}, "study": {"name": "w", "storage": url}})
+    pipeline.check_resume(same)
+    other = parse({"search": {"sampler": "random", "population_size": S, "n_children": N},
+                   "study": {"name": "w", "storage": url}})
+    with pytest.raises(UsageError, match="was created with sampler = 'niche'; this config has sampler = 'random'"):
+        pipeline.check_resume(other)
