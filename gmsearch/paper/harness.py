@@ -52,6 +52,7 @@ from gmsearch.nets.genome import Genome
 from gmsearch.paper.settings import ExperimentSettings, PaperTable, _clean, settings_from_args
 from gmsearch.runner import optimize_until_finished
 from gmsearch.search import schema
+from gmsearch.search.baselines import reference_architecture, train_with_gm
 from gmsearch.search.objective import GMObjective, load_trial_model
 from gmsearch.search.sampler import n_trials_for
 from gmsearch.search.schema import RESULTS_PREFIX
@@ -310,8 +311,7 @@ class Experiment:
             self.log(f"training {name} ({method}, {epochs} epochs)")
             net = make()
             if method == "gm":
-                train(net, self.data, reference=self.reference, lam=self.settings.lam, epochs=epochs,
-                      device=self.device, seed=seed, ref_grads=self.objective.ref_grads, **options)
+                train_with_gm(net, self.objective, epochs=epochs, seed=seed, **options)
             elif method == "ce":
                 train(net, self.data, lam=0.0, epochs=epochs, device=self.device, seed=seed, **options)
             elif method == "free_at":
@@ -337,9 +337,11 @@ class Experiment:
         return lambda: build(genome, in_channels=channels, num_classes=self.data.num_classes, image_size=(h, w))
 
     def ref_gm(self, epochs: int | None = None) -> nn.Module:
-        """Ref+GM: the reference's architecture trained with GM (cached)."""
+        """Ref+GM: the reference's architecture trained with GM (cached), built as the quickstart builds it."""
+        seed = self.settings.seed + 1
         arch = self.settings.reference
-        return self.trained("Ref+GM", self.architecture(arch), architecture=arch, epochs=epochs)
+        return self.trained("Ref+GM", lambda: reference_architecture(self.reference, self.data, seed=seed),
+                            architecture=arch, epochs=epochs, seed=seed)
 
     def hand_gm(self, arch: str = "hand_b", epochs: int | None = None) -> nn.Module:
         """HE+GM: the hand-engineered baseline trained with GM (cached)."""
