@@ -20,7 +20,8 @@ reference's (what transfer sees), and training CPU seconds per step; mean
 +- sd over seeds and the paired difference of each option from ``batch``.
 
 Run alone: ``python benchmarks/bench_gm_batchnorm.py [--quick] [--seeds 0,1,2] [--references hand_a,hand_b]``
-(about 15 minutes for 3 seeds on one CPU thread; ``--quick``: one seed, 2 epochs).
+(about 10 CPU minutes for 3 seeds, one thread; ``--jobs 3`` runs the seeds side by side; ``--quick``: a
+smoke run, one seed, 1 epoch). ``benchmarks/run.py --only gm_batchnorm`` runs it on the CPU.
 """
 
 from __future__ import annotations
@@ -143,14 +144,14 @@ def run(ctx: Context) -> list[Line]:
     """``benchmarks/run.py``'s entry: CPU only (the accuracies do not depend on the device)."""
     torch.manual_seed(ctx.seed)
     if ctx.quick:
-        return measure(seeds=[0], references=["hand_a"], epochs=2, reference_epochs=5, cache=ctx.workdir / "cache")
+        return measure(seeds=[0], references=["hand_a"], epochs=1, reference_epochs=2, cache=ctx.workdir / "cache")
     return measure(seeds=[0, 1, 2], references=["hand_a"], epochs=8, reference_epochs=30,
                    cache=ctx.workdir / "cache")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="one seed, 2 epochs, a 5-epoch reference")
+    parser.add_argument("--quick", action="store_true", help="a smoke run: one seed, 1 epoch, a 2-epoch reference")
     parser.add_argument("--seeds", default="0,1,2", help="comma-separated data/training seeds")
     parser.add_argument("--references", default="hand_a", help="comma-separated references (hand_a,hand_b)")
     parser.add_argument("--cache-dir", default=None, help="cache of references and adversarial sets")
@@ -161,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     seeds = [0] if args.quick else [int(s) for s in args.seeds.split(",")]
     refs = [r.strip() for r in args.references.split(",") if r.strip()]
     start = time.perf_counter()
-    lines = measure(seeds=seeds, references=refs, epochs=2 if args.quick else 8,
-                    reference_epochs=5 if args.quick else 30, cache=cache, jobs=args.jobs)
+    lines = measure(seeds=seeds, references=refs, epochs=1 if args.quick else 8,
+                    reference_epochs=2 if args.quick else 30, cache=cache, jobs=args.jobs)
     for line in lines:
         print(line, flush=True)
     print(f"# {time.perf_counter() - start:.0f} s", flush=True)
