@@ -99,3 +99,14 @@ def test_the_registry_wraps_pruners_that_could_prune_initial_candidates() -> Non
     assert isinstance(pruners.create("nop"), optuna.pruners.NopPruner)  # never prunes: as it is
     assert isinstance(pruners.create("niche"), pruners.NichePruner)  # prunes children only by itself
     assert pruners.ChildrenOnly(median) is not median and pruners.children_only(median) is median
+
+
+@pytest.mark.parametrize("pruner", [pruners.create("median", n_startup_trials=2),
+                                    optuna.pruners.MedianPruner(n_startup_trials=2)], ids=["registered", "direct"])
+def test_ways_without_a_population_are_pruned_and_keep_their_trial_count(pruner: optuna.pruners.BasePruner) -> None:
+    """``random`` (every trial fresh, no parent) has no initial population to protect: a pruned trial is spent."""
+    sampler = gms.samplers.create("random", population_size=S, n_children=N, generations=G, seed=3)
+    study = gms.create_study(study_name="fresh", storage=None, sampler=sampler, pruner=pruner)
+    study.optimize(objective, n_trials=3 * gms.n_trials_for(G, S, N))  # generations stop it
+    assert any(t.state == TrialState.PRUNED for t in study.trials)
+    assert len(study.trials) == gms.n_trials_for(G, S, N)

@@ -6,7 +6,8 @@ Trials other workers are still sampling (RUNNING, no genome yet, younger
 than :data:`PENDING_SECONDS`) count as what they are about to become; a
 trial just failed by the heartbeat keeps its place until Optuna has
 re-queued it. A pruned initial candidate counts as a failed one (it never
-enters the population, so another takes its place); a pruned child counts.
+enters the population, so another takes its place); a pruned child counts,
+and so does every pruned trial of a way without a population (``fresh``).
 See :mod:`gmsearch.search.sampler`.
 
 Both passes over a study (:func:`census_of`, :func:`finished`) are
@@ -78,7 +79,7 @@ class _Prefix:
     n_initial: int = 0  # initial candidates with a genome, not failed
     initial: list[FrozenTrial] = field(default_factory=list)
     children: list[FrozenTrial] = field(default_factory=list)  # children with a genome, not failed, in number order
-    done_initial: int = 0  # COMPLETE, with a genome
+    done_initial: int = 0  # COMPLETE (or PRUNED, when not refilled), with a genome
     done_children: int = 0
 
 
@@ -105,7 +106,10 @@ class Settled:
     scratch, so results are always those of a full pass.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, refill_pruned_initial: bool = True) -> None:
+        #: Whether a pruned initial candidate leaves its place to another (Algorithm 1's population); False for
+        #: a way whose trials are all fresh draws (``random``, ``restarts``): a pruned one is spent.
+        self.refill_pruned_initial = refill_pruned_initial
         self._prefix = _Prefix()
         self._lock = threading.Lock()
 
@@ -117,7 +121,7 @@ class Settled:
             if p.n and not numbered_from_zero(ordered, p.n):
                 p = self._prefix = _Prefix()
             while p.n < len(ordered) and ordered[p.n].number == p.n and _settled(ordered[p.n], now):
-                _count(p, ordered[p.n])
+                _count(p, ordered[p.n], self.refill_pruned_initial)
                 p.n += 1
             snapshot = _Prefix(p.n, p.n_initial, list(p.initial), list(p.children), p.done_initial, p.done_children)
             return snapshot, sorted(ordered[p.n:], key=lambda t: t.number)
@@ -131,14 +135,15 @@ def numbered_from_zero(trials: Sequence[FrozenTrial], n: int) -> bool:
 
 def pruned_initial(t: FrozenTrial) -> bool:
     """A PRUNED initial candidate: it never enters the population (the replay takes COMPLETE trials only), so it
-    counts for nothing and another initial candidate takes its place, as after a failure."""
+    counts for nothing and another initial candidate takes its place, as after a failure. Not for a way without
+    a population (``fresh``: every trial is a spent draw, see :class:`Settled`)."""
     return t.state == TrialState.PRUNED and not is_child(t)
 
 
-def _count(p: _Prefix, t: FrozenTrial) -> None:
-    """Add settled trial ``t`` to the prefix (a failed one, a pruned initial candidate or one without a genome
-    counts for nothing)."""
-    if GENOME_KEY not in t.system_attrs or t.state == TrialState.FAIL or pruned_initial(t):
+def _count(p: _Prefix, t: FrozenTrial, refill: bool) -> None:
+    """Add settled trial ``t`` to the prefix (a failed one, a pruned initial candidate when ``refill``, or one
+    without a genome counts for nothing)."""
+    if GENOME_KEY not in t.system_attrs or t.state == TrialState.FAIL or (refill and pruned_initial(t)):
         return
     if is_child(t):
         p.children.append(t)
@@ -154,9 +159,14 @@ _settled_lock = threading.Lock()
 
 
 def settled_of(study: optuna.Study) -> Settled:
-    """The :class:`Settled` of ``study`` in this process (one per storage object and study)."""
+    """The :class:`Settled` of ``study`` in this process (one per storage object and study); a sampler whose
+    trials are all fresh draws (``fresh``) does not refill a pruned one."""
     with _settled_lock:
-        return _settled_by_study.setdefault(storage_of(study), {}).setdefault(study_id_of(study), Settled())
+        per_storage = _settled_by_study.setdefault(storage_of(study), {})
+        if study_id_of(study) not in per_storage:
+            fresh = bool(getattr(study.sampler, "fresh", False))
+            per_storage[study_id_of(study)] = Settled(refill_pruned_initial=not fresh)
+        return per_storage[study_id_of(study)]
 
 
 def census_of(
@@ -171,6 +181,7 @@ def census_of(
     if settled is None or me < prefix.n:  # me settled: another worker failed it meanwhile; count it as it is
         prefix, rest = _Prefix(), sorted(trials, key=lambda t: t.number)
     census = Census(n_initial=prefix.n_initial, initial=prefix.initial, earlier_children=prefix.children)
+    refill = settled.refill_pruned_initial if settled is not None else True
     later = waiting = 0
 
     @functools.cache
@@ -179,7 +190,7 @@ def census_of(
 
     for t in rest:
         if t.number == me or (t.state == TrialState.FAIL and not requeue_pending(t, retried, now)) \
-                or pruned_initial(t):
+                or (refill and pruned_initial(t)):
             continue
         if GENOME_KEY in t.system_attrs:
             if not is_child(t):
@@ -223,13 +234,14 @@ def finished(
         if current is not None and current < prefix.n:  # ``current`` counts with ``current_state``: a full pass
             prefix, rest = _Prefix(), list(trials)
     done_initial, done_children = prefix.done_initial, prefix.done_children
+    refill = settled.refill_pruned_initial if settled is not None else True
     for t in rest:
         if GENOME_KEY not in t.system_attrs:
             continue
         state = current_state if t.number == current and current_state is not None else t.state
         if state in (TrialState.RUNNING, TrialState.WAITING):
             return False
-        if state == TrialState.COMPLETE or (state == TrialState.PRUNED and is_child(t)):
+        if state == TrialState.COMPLETE or (state == TrialState.PRUNED and (is_child(t) or not refill)):
             if is_child(t):
                 done_children += 1
             else:

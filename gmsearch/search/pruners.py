@@ -72,7 +72,9 @@ class ChildrenOnly(BasePruner):
     Algorithm 1's initial candidates are the first ``population_size`` trials
     without a parent to complete; a pruned one never enters the population and
     is only lost work (another takes its place). Trials without the sampler's
-    ``gmsearch:parent`` (not a gmsearch study) go to ``inner`` as they are.
+    ``gmsearch:parent`` (not a gmsearch study), and every trial of a way with
+    no population (a sampler whose trials are all fresh draws, ``fresh``:
+    ``random``, ``restarts``), go to ``inner`` as they are.
     Wrapped, a ``HyperbandPruner`` is no longer the study's pruner, so Optuna
     hands the sampler the whole study instead of one bracket's trials; it still
     brackets its own decisions.
@@ -85,8 +87,10 @@ class ChildrenOnly(BasePruner):
         return f"ChildrenOnly({self.inner!r})"
 
     def prune(self, study: Study, trial: FrozenTrial) -> bool:
-        """``inner``'s decision for a child; False for an initial candidate."""
-        if PARENT_KEY in trial.user_attrs and trial.user_attrs[PARENT_KEY] is None:
+        """``inner``'s decision for a child; False for an initial candidate (a sampler whose trials are all fresh
+        draws, ``fresh``, has none: ``inner`` decides every trial)."""
+        if PARENT_KEY in trial.user_attrs and trial.user_attrs[PARENT_KEY] is None \
+                and not getattr(study.sampler, "fresh", False):
             return False
         return bool(self.inner.prune(study, trial))
 
