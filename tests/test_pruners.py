@@ -16,8 +16,8 @@ import gmsearch as gms
 from gmsearch.data import Dataset
 from gmsearch.registry import REGISTRIES
 from gmsearch.search import pruners
-from gmsearch.search.pruners import RIVAL_KEY, SHADOW_KEY, WOULD_PRUNE_KEY, NichePruner, shadow_report
-from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY
+from gmsearch.search.pruners import RIVAL_KEY, WOULD_PRUNE_KEY, NichePruner, shadow_report
+from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, PRUNE_SHADOW_KEY, REPLACED_KEY
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -73,7 +73,7 @@ def test_stops_a_child_clearly_behind_its_rival_and_not_one_ahead() -> None:
     stored = study._storage.get_trial(behind._trial_id)
     assert stored.user_attrs[RIVAL_KEY] == 0
     assert stored.user_attrs[WOULD_PRUNE_KEY] == 2
-    assert stored.user_attrs[SHADOW_KEY] is False
+    assert stored.user_attrs[PRUNE_SHADOW_KEY] is False
 
     ahead = _running_child(study, chain(2), {1: 0.1, 2: 0.65})
     assert not pruner.prune(study, ahead)
@@ -151,7 +151,7 @@ def test_shadow_mode_records_but_never_prunes() -> None:
     child = _running_child(study, chain(2), {1: 0.1, 2: 0.3})
     assert not pruner.prune(study, child)
     stored = study._storage.get_trial(child._trial_id)
-    assert stored.user_attrs[WOULD_PRUNE_KEY] == 2 and stored.user_attrs[SHADOW_KEY] is True
+    assert stored.user_attrs[WOULD_PRUNE_KEY] == 2 and stored.user_attrs[PRUNE_SHADOW_KEY] is True
     # a later epoch keeps the first decision
     study._storage.set_trial_intermediate_value(child._trial_id, 3, 0.2)
     assert not pruner.prune(study, study._storage.get_trial(child._trial_id))

@@ -49,8 +49,6 @@ from gmsearch.search.schema import (
 )
 from gmsearch.search.selection import replay, replay_of, replay_study
 
-SHADOW_KEY = PRUNE_SHADOW_KEY
-
 PrunerFactory = Callable[..., BasePruner]
 
 registry: Registry[PrunerFactory] = Registry("pruner")
@@ -319,7 +317,7 @@ class NichePruner(BasePruner):
             return False
         if attrs.get(WOULD_PRUNE_KEY) is None:
             storage.set_trial_user_attr(trial_id_of(trial), WOULD_PRUNE_KEY, epoch)
-            storage.set_trial_user_attr(trial_id_of(trial), SHADOW_KEY, self.shadow)
+            storage.set_trial_user_attr(trial_id_of(trial), PRUNE_SHADOW_KEY, self.shadow)
         return not self.shadow
 
 
