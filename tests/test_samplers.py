@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import multiprocessing as mp
 import random
 import shutil
@@ -22,9 +24,10 @@ from gmsearch.config import parse
 from gmsearch.errors import UsageError
 from gmsearch.plugins import table
 from gmsearch.search import mutations, samplers
+from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.samplers._base import niche_generation
 from gmsearch.search.samplers.regularized import aging_population, tournament
-from gmsearch.search.schema import EPOCHS_KEY, GENERATION_KEY, GENOME_KEY, PARENT_KEY, trial_seed
+from gmsearch.search.schema import EPOCHS_KEY, GENERATION_KEY, GENOME_KEY, PARENT_KEY, SAMPLER_KEY, trial_seed
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -204,3 +207,21 @@ def test_a_study_resumes_only_with_the_way_it_was_created_with(tmp_path: Path) -
                    "study": {"name": "w", "storage": url}})
     with pytest.raises(UsageError, match="was created with sampler = 'niche'; this config has sampler = 'random'"):
         pipeline.check_resume(other)
+
+
+def test_a_study_from_before_sampler_plugins_resumes_as_niche_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = gms.create_study(study_name="old", storage=url, sampler=make("niche"))
+    old = {k: v for k, v in json.loads(json.dumps(make("niche").config())).items() if k != "sampler"}
+    storage_of(study).set_study_system_attr(study_id_of(study), SAMPLER_KEY, old)
+    with caplog.at_level(logging.WARNING):
+        study.optimize(objective, n_trials=1)
+    assert "other sampler settings" not in caplog.text
+    pipeline.check_resume(parse({"search": {"population_size": S, "n_children": N},
+                                 "study": {"name": "old", "storage": url}}))
+    random_way = gms.create_study(study_name="old", storage=url, sampler=make("random"), load_if_exists=True)
+    with caplog.at_level(logging.WARNING):
+        random_way.optimize(objective, n_trials=1)
+    assert "other sampler settings (sampler)" in caplog.text
