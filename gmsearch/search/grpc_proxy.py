@@ -23,10 +23,11 @@ through the proxy unchanged:
 - *Fail and re-queue.* Any worker fails a stale trial with
   ``set_trial_state_values(FAIL)``; the storage lets exactly one of several
   racing workers do so (the others get ``UpdateFinishedTrialError``), and only
-  that one re-queues it with Optuna's ``RetryHeartbeatStaleTrialCallback``: a
-  WAITING copy with the params, user attrs and system attrs (genome, parent)
-  plus ``failed_trial`` and ``retry_history``, the beat left out (a copied
-  beat would make the retry look stale before its first own beat).
+  that one re-queues it with :class:`~gmsearch.search.study.RequeueTrial`, as
+  on every storage: a WAITING copy with the params, user attrs and system
+  attrs (genome, parent) plus ``failed_trial`` and ``retry_history``, what the
+  dead run wrote left out, its last beat included (a copied beat would make
+  the retry look stale before its first own beat).
 
 :class:`BeatHeartbeat` implements these three steps as Optuna's heartbeat
 interface (``BaseHeartbeat``) on top of any storage, so Optuna's own machinery
@@ -50,11 +51,12 @@ from urllib.parse import urlsplit
 
 import optuna
 from optuna.exceptions import UpdateFinishedTrialError
-from optuna.storages import BaseStorage, GrpcStorageProxy, RetryHeartbeatStaleTrialCallback
+from optuna.storages import BaseStorage, GrpcStorageProxy
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.search._optuna_private import Heartbeat, trial_id_of, with_optuna_cache
 from gmsearch.search.schema import BEAT_KEY
+from gmsearch.search.study import RequeueTrial
 
 logger = logging.getLogger(__name__)
 
@@ -159,21 +161,14 @@ def stale_trial_ids(
     return stale
 
 
-class _RetryWithoutBeat(RetryHeartbeatStaleTrialCallback):
-    """Optuna's re-queue of a stale trial (system attrs kept), without the dead worker's last beat."""
-
-    def __init__(self, max_retry: int | None) -> None:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__init__(max_retry=max_retry)
+class _RetryWithoutBeat(RequeueTrial):
+    """The re-queue of a stale trial every storage uses (:class:`RequeueTrial`: the dead worker's last beat and
+    what its run wrote are left out), with a warning naming the trial."""
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        trial.system_attrs = {k: v for k, v in trial.system_attrs.items() if k != BEAT_KEY}  # a deep copy
         logger.warning("trial %d of study %s is stale (no heartbeat): failed, re-queued", trial.number,
                        study.study_name)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            super().__call__(study, trial)
+        super().__call__(study, trial)
 
 
 class HeartbeatGrpcStorageProxy(BeatHeartbeat, GrpcStorageProxy):
