@@ -44,8 +44,8 @@ from benchmarks.common import Context, Line, log, new_workdir
 from gmsearch import attacks, config, pipeline
 from gmsearch.attacks import adversarial_set
 from gmsearch.evaluation import accuracy
+from gmsearch.search.baselines import reference_architecture
 from gmsearch.training import gm_loss
-from gmsearch.training.defenses import fresh_copy
 from gmsearch.training.loop import reference_gradients, train
 
 MODES = gm_loss.BATCHNORM_MODES
@@ -78,7 +78,7 @@ def measure_seed(
                          if len(data.train) - i >= 2)
     out: dict[str, dict[str, float]] = {}
     for mode in MODES:
-        net = fresh_copy(ref, seed=seed + 1)  # the baseline table's Ref+GM row: same init and order per option
+        net = reference_architecture(ref, data, seed=seed + 1)  # the Ref+GM row's builder, the same init per option
         t0 = time.process_time()
         train(net, data, reference=ref, lam=cfg.training.lam, epochs=epochs, batch_size=cfg.training.batch_size,
               device="cpu", seed=seed + 1, ref_grads=ref_grads, gm_batchnorm=mode, log=lambda _: None)
