@@ -26,7 +26,8 @@ Per study: system attr :data:`SAMPLER_KEY` (the sampler's settings); user
 attrs :data:`DATA_KEY` (what rebuilds a network: input shape, classes),
 :data:`ATTACK_KEY` (the resolved attack and its full parameters),
 :data:`ARTIFACTS_KEY` (where trial weights live), :data:`BASELINE_KEY`,
-:data:`ATTRIBUTIONS_KEY`, and the prefixes :data:`REFINED_PREFIX` and
+:data:`ATTRIBUTIONS_KEY`, :data:`CONFIG_KEY` (the run configuration as a dict), :data:`TRANSFER_KEY`
+(the transfer matrix of ``gmsearch evaluate``), and the prefixes :data:`REFINED_PREFIX` and
 :data:`RESULTS_PREFIX` (one attr per refined trial / paper table).
 """
 
@@ -84,6 +85,10 @@ BASELINE_KEY = "gmsearch:baseline_table"
 ATTRIBUTIONS_KEY = "gmsearch:attributions"
 REFINED_PREFIX = "gmsearch:refined:"
 RESULTS_PREFIX = "gmsearch:results:"
+CONFIG_KEY = "gmsearch:config"  # the run configuration the study was created with (gmsearch evaluate rebuilds from it)
+TRANSFER_KEY = "gmsearch:transfer_matrix"  # the last `gmsearch evaluate` matrix
+COMPARE_KEY = "gmsearch:compare"  # a `gmsearch compare` result, on the study <study>-compare
+COMPARE_RUN_KEY = "gmsearch:compare_run"  # one way/seed of it (winner retrained on test), on that way's study
 
 #: Folder name of the default artifact store, beside the study's database file.
 ARTIFACTS_DIR = "gmsearch_artifacts"
@@ -153,6 +158,12 @@ def record_attack(study: optuna.Study, name: str, params: dict[str, Any]) -> Non
         study.set_user_attr(ATTACK_KEY, mine)
     elif stored != mine:
         logger.warning("study %r was run with attack %s; this process uses %s", study.study_name, stored, mine)
+
+
+def record_config(study: optuna.Study, values: dict[str, Any]) -> None:
+    """Record the run configuration (``dataclasses.asdict`` of a RunConfig) on ``study``, once."""
+    if CONFIG_KEY not in study.user_attrs:
+        study.set_user_attr(CONFIG_KEY, values)
 
 
 # --------------------------------------------------------------------------- where artifacts live

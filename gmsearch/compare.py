@@ -1,0 +1,441 @@
+"""``gmsearch compare``: ways of spending the budget (samplers) at equal child-epochs, winners retrained.
+
+For each seed one data split, reference and adversarial sets are shared by
+every way. Each way runs its own study (``<study>-<way>-s<seed>``, in the
+configured storage) until it has spent the budget: the child-epochs of its
+finished trials (a completed trial counts the epochs it trained, a pruned one
+the epochs it reported) reach the niche search's planned child-epochs (or the
+given budget). Its best candidate by validation fitness (the completed trial
+with the highest value) is then retrained from scratch ``repeats`` times under
+fresh seeds for the same epochs and scored on the test split, so no selection
+luck of one training run carries into the result. Ref (white-box) and HE+GM
+(``hand_b`` trained with GM) are fixed rows of each seed.
+
+A finished way/seed is reused: its search stops at the budget and its test
+numbers are stored on its study. The whole result (per way and seed, the
+best-so-far curves, the paired statistics of niche against each other way) is
+stored on the study ``<study>-compare`` under :data:`~gmsearch.search.schema.COMPARE_KEY`,
+which ``gmsearch report`` draws.
+
+Example:
+    >>> import gmsearch as gms
+    >>> result = gms.compare("study.toml", ways=["niche", "random"], seeds=[0, 1, 2])
+    >>> print("\\n".join(gms.compare_lines(result)))
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import logging
+import math
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import FrozenTrial, TrialState
+
+from gmsearch import config as config_module
+from gmsearch import interrupt, pipeline, runner
+from gmsearch.config import RunConfig
+from gmsearch.errors import UsageError
+from gmsearch.nets.genome import Genome
+from gmsearch.search import samplers, schema
+from gmsearch.search.baselines import _row, train_with_gm
+from gmsearch.search.objective import GMObjective
+from gmsearch.search.samplers import EpochSchedule, n_trials_for
+from gmsearch.search.samplers._base import niche_generation
+from gmsearch.search.study import create_study
+
+logger = logging.getLogger(__name__)
+
+#: The ways compared by default, and the way the others are compared with.
+DEFAULT_WAYS = ("niche", "random", "regularized", "restarts")
+BASE_WAY = "niche"
+METRICS = ("clean", "adv", "fitness")
+FIXED_ROWS = ("Ref", "HE+GM")
+
+
+# --- statistics (pure) ----------------------------------------------------------------------------------------
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    if not values:
+        raise ValueError("mean_sd of no values")
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
+
+
+def paired_stats(a: Sequence[float], b: Sequence[float]) -> dict[str, Any]:
+    """``a`` against ``b``, paired by position (seed): the mean of ``a - b``, its sample sd, the one-sided 95%
+    lower bound ``mean - t.ppf(0.95, n - 1) * sd / sqrt(n)`` (paired t; None for one pair) and how many pairs
+    ``a`` wins strictly (``wins`` of ``n``)."""
+    if len(a) != len(b) or not a:
+        raise ValueError(f"paired_stats needs two equally long, non-empty sequences, got {len(a)} and {len(b)}")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    n = len(diffs)
+    mean, sd = mean_sd(diffs)
+    lower = None
+    if sd is not None:
+        from scipy.stats import t
+
+        lower = mean - float(t.ppf(0.95, n - 1)) * sd / math.sqrt(n)
+    return {"mean_diff": mean, "sd": sd, "lower95": lower, "wins": sum(d > 0 for d in diffs), "n": n}
+
+
+# --- budget and curves ----------------------------------------------------------------------------------------
+
+
+def planned_child_epochs(generations: int, population_size: int, n_children: int, schedule: EpochSchedule) -> int:
+    """Epochs Algorithm 1's trials of ``generations`` generations train together (its planned budget)."""
+    total = n_trials_for(generations, population_size, n_children)
+    return sum(schedule.epochs(niche_generation(i, population_size, n_children)) for i in range(total))
+
+
+def trained_epochs(trial: FrozenTrial) -> int:
+    """Epochs a finished trial trained: a completed one its ``epochs`` result, a pruned one the epochs it
+    reported before it stopped; other states 0."""
+    if trial.state == TrialState.COMPLETE:
+        return int(trial.user_attrs.get("epochs", trial.user_attrs.get(schema.EPOCHS_KEY, 0)))
+    if trial.state == TrialState.PRUNED:
+        return len(trial.intermediate_values)
+    return 0
+
+
+def _finished(study: optuna.Study) -> list[FrozenTrial]:
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    done = [t for t in trials if schema.GENOME_KEY in t.system_attrs and t.datetime_complete is not None]
+    return sorted(done, key=lambda t: (t.datetime_complete, t.number))
+
+
+def child_epochs(study: optuna.Study) -> int:
+    """The budget a study has spent: epochs of its completed and pruned trials."""
+    return sum(trained_epochs(t) for t in _finished(study))
+
+
+def best_so_far(study: optuna.Study) -> list[list[float]]:
+    """``[child-epochs, best validation fitness so far]`` after each finished trial, in order of finishing
+    (the first value for two objectives; nothing until a trial completed)."""
+    points, spent, best = [], 0, -math.inf
+    for trial in _finished(study):
+        spent += trained_epochs(trial)
+        if trial.state == TrialState.COMPLETE and trial.values and math.isfinite(trial.values[0]):
+            best = max(best, trial.values[0])
+        if best > -math.inf:
+            points.append([float(spent), best])
+    return points
+
+
+def band(curves: Sequence[Sequence[Sequence[float]]], *, points: int = 50) -> dict[str, list[float]]:
+    """Step curves (``[x, y]`` points) of several seeds on one grid of x: their mean, lowest and highest y
+    (a grid point before a curve's first point is left out of that curve)."""
+    xs = [p[0] for c in curves for p in c]
+    if not xs:
+        return {"x": [], "mean": [], "low": [], "high": []}
+    top = max(xs)
+    grid = sorted({top * (i + 1) / points for i in range(points)} | set(xs))
+    out: dict[str, list[float]] = {"x": [], "mean": [], "low": [], "high": []}
+    for x in grid:
+        ys = [next((p[1] for p in reversed(c) if p[0] <= x), None) for c in curves]
+        seen = [y for y in ys if y is not None]
+        if seen:
+            out["x"].append(x)
+            out["mean"].append(statistics.fmean(seen))
+            out["low"].append(min(seen))
+            out["high"].append(max(seen))
+    return out
+
+
+# --- settings -------------------------------------------------------------------------------------------------
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-4`` -> 0..4, ``0,2,5`` -> those, ``3`` -> [3]; one line naming the form otherwise."""
+    seeds: list[int] = []
+    try:
+        for part in text.split(","):
+            lo, sep, hi = part.strip().partition("-")
+            seeds.extend(range(int(lo), int(hi) + 1) if sep else [int(lo)])
+    except ValueError:
+        raise UsageError(f"--seeds {text!r}: give a range (0-4) or a list (0,1,2) of integers >= 0") from None
+    if not seeds or len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise UsageError(f"--seeds {text!r}: give a range (0-4) or a list (0,1,2) of distinct integers >= 0")
+    return seeds
+
+
+def quick_config(cfg: RunConfig) -> RunConfig:
+    """A smoke-run version of ``cfg`` (``--quick``): 8x8 images, 8 train and 5 test images per class, a 2 x 1
+    population for 1 generation of 1 epoch, a 2-epoch reference, 3 attack steps."""
+    cfg = copy.deepcopy(cfg)
+    cfg.data.image_size, cfg.data.max_train_per_class, cfg.data.max_test_per_class = 8, 8, 5
+    cfg.reference.epochs = 2
+    s = cfg.search
+    s.population_size, s.n_children, s.generations, s.epochs, s.min_distance = 2, 1, 1, 1, 1.0
+    s.max_blocks = min(s.max_blocks, 8)
+    cfg.attack.params = {**cfg.attack.params, "steps": 3}
+    cfg.training.batch_size = 32
+    return cfg
+
+
+def way_config(cfg: RunConfig, way: str, seed: int) -> RunConfig:
+    """``cfg`` for one way and seed: its study ``<study>-<way>-s<seed>``, its sampler and seed."""
+    out = copy.deepcopy(cfg)
+    out.seed = seed
+    if way != cfg.search.sampler:
+        out.search.sampler_params = {}  # the configured params belong to the configured way
+    out.search.sampler = way
+    out.study.name = f"{cfg.study.name}-{way}-s{seed}"
+    return out
+
+
+def derived_seed(seed: int, way: str, repeat: int) -> int:
+    """The training seed of retraining ``repeat`` of ``way``'s winner under ``seed`` (stable across runs)."""
+    digest = hashlib.sha256(f"gmsearch-compare:{seed}:{way}:{repeat}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") % 2**31
+
+
+# --- one way, one seed ----------------------------------------------------------------------------------------
+
+
+class _BudgetSpent(Exception):
+    """Raised by the callback once the study has spent its budget (the trial that did it is stored)."""
+
+
+def search(cfg: RunConfig, objective: GMObjective, data: Any, budget: int) -> optuna.Study:
+    """Run (or resume) one way's study until its finished trials have spent ``budget`` child-epochs.
+
+    It runs the generations whose plan reaches the budget; when pruned trials spent less, one more generation
+    is allowed at a time, and the search stops after the trial that reaches the budget (at most one trial's
+    epochs over it).
+    """
+    sampler = pipeline.make_sampler(cfg, data)
+    study = pipeline.make_study(cfg, sampler, objective)
+    s = cfg.search
+    schedule = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every)
+    generations = 1
+    while planned_child_epochs(generations, s.population_size, s.n_children, schedule) < budget:
+        generations += 1
+
+    def stop_at_budget(study: optuna.Study, trial: FrozenTrial) -> None:
+        if child_epochs(study) >= budget:
+            raise _BudgetSpent
+
+    while child_epochs(study) < budget:
+        sampler.generations = max(generations, sampler.generations or 0)
+        try:
+            finished = runner.optimize_until_finished(study, objective, callbacks=[stop_at_budget])
+        except _BudgetSpent:
+            break
+        if not finished:
+            raise RuntimeError(f"study {study.study_name!r} stopped before its budget: {runner.trial_summary(study)}")
+        generations += 1
+    return study
+
+
+def winner(study: optuna.Study) -> FrozenTrial:
+    """The completed trial with the highest validation fitness (first value for two objectives)."""
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.values and math.isfinite(t.values[0])]
+    if not done:
+        raise RuntimeError(f"study {study.study_name!r} has no completed trial with a finite fitness")
+    return max(done, key=lambda t: (t.values[0], -t.number))
+
+
+def _test_scores(name: str, net: torch.nn.Module, objective: GMObjective) -> dict[str, float]:
+    row = _row(name, net, objective)
+    value = objective.fitness(row.clean_acc, row.adv_acc)
+    fit = float(value[0] if isinstance(value, tuple | list) else value)
+    return {"clean": row.clean_acc, "adv": row.adv_acc, "fitness": fit}
+
+
+def _mean_scores(runs: Sequence[dict[str, float]]) -> dict[str, float]:
+    return {m: statistics.fmean(r[m] for r in runs) for m in METRICS}
+
+
+def retrain(objective: GMObjective, genome: Genome, *, epochs: int, seed: int, way: str,
+            repeats: int) -> list[dict[str, float]]:
+    """``genome`` trained from scratch ``repeats`` times with GM (seeds from ``(seed, way, r)``), on test."""
+    runs = []
+    for r in range(repeats):
+        interrupt.check()
+        run_seed = derived_seed(seed, way, r)
+        torch.manual_seed(run_seed)
+        net = objective.build(genome).to(objective.device)
+        train_with_gm(net, objective, epochs=epochs, seed=run_seed)
+        runs.append(_test_scores(way, net, objective))
+    return runs
+
+
+def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed: int, budget: int,
+            repeats: int) -> dict[str, Any]:
+    """One way under one seed: its search (or the stored one), its winner retrained and scored on test.
+
+    The result is stored on the way's study (:data:`~gmsearch.search.schema.COMPARE_RUN_KEY`) and reused
+    when the budget, the winner and ``repeats`` are unchanged.
+    """
+    wcfg = way_config(cfg, way, seed)
+    pipeline.check_resume(wcfg)
+    study = search(wcfg, objective, data, budget)
+    best = winner(study)
+    stored = study.user_attrs.get(schema.COMPARE_RUN_KEY)
+    if isinstance(stored, dict) and stored.get("budget") == budget and stored.get("winner") == best.number \
+            and stored.get("repeats") == repeats:
+        return stored
+    start = time.perf_counter()
+    epochs = trained_epochs(best)
+    runs = retrain(objective, schema.genome_of(best), epochs=epochs, seed=seed, way=way, repeats=repeats)
+    finished = _finished(study)
+    result = {
+        "way": way, "seed": seed, "study": study.study_name, "budget": budget, "repeats": repeats,
+        "winner": best.number, "winner_epochs": epochs, "val_fitness": best.values[0],
+        "child_epochs": child_epochs(study), "trials": len(finished),
+        "search_seconds": round(sum((t.datetime_complete - t.datetime_start).total_seconds()
+                                    for t in finished if t.datetime_start and t.datetime_complete), 3),
+        "retrain_seconds": round(time.perf_counter() - start, 3),
+        "test": _mean_scores(runs), "runs": runs, "curve": best_so_far(study),
+    }
+    study.set_user_attr(schema.COMPARE_RUN_KEY, result)
+    return result
+
+
+def fixed_rows(cfg: RunConfig, objective: GMObjective, *, seed: int, epochs: int, repeats: int) -> dict[str, Any]:
+    """Ref (white-box, as it is) and HE+GM (``hand_b`` trained with GM ``repeats`` times) on test."""
+    from gmsearch.nets import zoo
+
+    rows: dict[str, Any] = {"Ref": _test_scores("Ref", objective.reference, objective)}  # its own attack
+    runs = retrain(objective, zoo.genome("hand_b"), epochs=epochs, seed=seed, way="HE+GM", repeats=repeats)
+    rows["HE+GM"] = _mean_scores(runs)
+    return rows
+
+
+# --- the comparison -------------------------------------------------------------------------------------------
+
+
+def compare(
+    config: RunConfig | str | Path,
+    *,
+    ways: Sequence[str] = DEFAULT_WAYS,
+    seeds: Sequence[int] = (0, 1, 2, 3, 4),
+    repeats: int = 3,
+    budget: int | None = None,
+    quick: bool = False,
+    echo: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Compare ways of spending the budget at equal child-epochs; the JSON-safe result (also stored).
+
+    Args:
+        config: A :class:`~gmsearch.config.RunConfig` or the path of its TOML file.
+        ways: Sampler names (``gmsearch plugins`` lists them); niche is compared with each other way.
+        seeds: One data split, reference and adversarial sets per seed; the ways are paired by seed.
+        repeats: Fresh initialisations each winner (and HE+GM) is retrained with.
+        budget: Child-epochs each way spends (default: the niche search's planned child-epochs).
+        quick: A smoke run (:func:`quick_config`).
+        echo: Gets a line per finished way/seed (e.g. ``print``).
+
+    Returns:
+        ``{"ways", "seeds", "budget", "repeats", "runs": {way: {seed: ...}}, "fixed": {seed: ...},
+        "summary": {way: {metric: [mean, sd]}}, "stats": {way: {metric: paired_stats}}, "curves": {way: band}}``.
+    """
+    cfg = config_module.load(config) if isinstance(config, str | Path) else copy.deepcopy(config)
+    cfg = quick_config(cfg) if quick else cfg
+    ways, seeds = list(dict.fromkeys(ways)), list(seeds)
+    unknown = [w for w in ways if w not in samplers.names()]
+    if unknown or not ways:
+        raise UsageError(f"--ways {','.join(ways)}: unknown {unknown}; choose from {', '.join(samplers.names())}")
+    if repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {repeats}")
+    if budget is not None and budget < 1:
+        raise UsageError(f"--budget must be >= 1 child-epoch, got {budget}")
+    for way in ways:
+        pipeline.check(way_config(cfg, way, seeds[0]))  # names, params, storage, folders: before any training
+    s = cfg.search
+    schedule = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every)
+    budget = budget or planned_child_epochs(s.generations, s.population_size, s.n_children, schedule)
+    fixed_epochs = schedule.epochs(s.generations)
+    runs: dict[str, dict[str, Any]] = {w: {} for w in ways}
+    fixed: dict[str, Any] = {}
+    for seed in seeds:
+        scfg = way_config(cfg, cfg.search.sampler, seed)
+        device = pipeline.device_for(scfg)
+        data = pipeline.load_data(scfg, device=device)
+        reference = pipeline.make_reference(scfg, data, device=device)
+        objective = pipeline.make_objective(scfg, data, reference, device=device)
+        for way in ways:
+            run = run_way(cfg, objective, data, way=way, seed=seed, budget=budget, repeats=repeats)
+            runs[way][str(seed)] = run
+            if echo is not None:
+                t = run["test"]
+                echo(f"  seed {seed} {way:<12} {run['child_epochs']} child-epochs, winner trial {run['winner']}: "
+                     f"test clean {t['clean']:.4f} adv {t['adv']:.4f} fitness {t['fitness']:.4f}")
+        fixed[str(seed)] = fixed_rows(scfg, objective, seed=seed, epochs=fixed_epochs, repeats=repeats)
+    result = summarize(ways, seeds, runs, fixed)
+    result.update(budget=budget, repeats=repeats, quick=quick)
+    store(cfg, result)
+    return result
+
+
+def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[str, Any]],
+              fixed: dict[str, Any]) -> dict[str, Any]:
+    """Means, sds, paired statistics and curves of per-way/seed runs (keys: ways, seeds as strings)."""
+    keys = [str(s) for s in seeds]
+    summary: dict[str, dict[str, Any]] = {}
+    for way in ways:
+        rs = [runs[way][k] for k in keys]
+        summary[way] = {m: list(mean_sd([r["test"][m] for r in rs])) for m in METRICS}
+        summary[way]["child_epochs"] = list(mean_sd([float(r["child_epochs"]) for r in rs]))
+        summary[way]["seconds"] = list(mean_sd([r["search_seconds"] + r["retrain_seconds"] for r in rs]))
+    for name in FIXED_ROWS:
+        summary[name] = {m: list(mean_sd([fixed[k][name][m] for k in keys])) for m in METRICS}
+    stats = {}
+    if BASE_WAY in ways:
+        for way in ways:
+            if way != BASE_WAY:
+                stats[way] = {m: paired_stats([runs[BASE_WAY][k]["test"][m] for k in keys],
+                                              [runs[way][k]["test"][m] for k in keys]) for m in METRICS}
+    curves = {way: band([runs[way][k]["curve"] for k in keys]) for way in ways}
+    return {"ways": list(ways), "seeds": list(seeds), "runs": runs, "fixed": fixed, "summary": summary,
+            "stats": stats, "curves": curves}
+
+
+def store(cfg: RunConfig, result: dict[str, Any]) -> optuna.Study:
+    """Keep ``result`` on the study ``<study>-compare`` (user attr :data:`~gmsearch.search.schema.COMPARE_KEY`)."""
+    study = create_study(study_name=f"{cfg.study.name}-compare", storage=cfg.study.storage)
+    study.set_user_attr(schema.COMPARE_KEY, result)
+    return study
+
+
+# --- printing -------------------------------------------------------------------------------------------------
+
+
+def _pm(pair: Sequence[float | None], digits: int = 4) -> str:
+    mean, sd = pair
+    assert mean is not None
+    return f"{mean:.{digits}f} +- {sd:.{digits}f}" if sd is not None else f"{mean:.{digits}f} +- n/a"
+
+
+def compare_lines(result: dict[str, Any]) -> list[str]:
+    """The printed table of a comparison: per way, mean +- sd over seeds; niche against each other way."""
+    n = len(result["seeds"])
+    lines = [f"test split, mean +- sd over {n} seed(s) ({', '.join(map(str, result['seeds']))}); each winner "
+             f"retrained {result['repeats']}x; budget {result['budget']} child-epochs per way",
+             f"  {'way':<12} {'clean':>16} {'adv':>16} {'fitness':>16} {'child-epochs':>18} {'seconds':>18}"]
+    for way in [*result["ways"], *FIXED_ROWS]:
+        row = result["summary"][way]
+        tail = (f" {_pm(row['child_epochs'], 1):>18} {_pm(row['seconds'], 1):>18}" if way in result["ways"]
+                else f" {'(fixed row)':>18}")
+        lines.append(f"  {way:<12} {_pm(row['clean']):>16} {_pm(row['adv']):>16} {_pm(row['fitness']):>16}{tail}")
+    if result["stats"]:
+        lines.append(f"{BASE_WAY} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
+                     f"paired t; seeds where {BASE_WAY} is ahead):")
+        for way, by_metric in result["stats"].items():
+            cells = []
+            for m in METRICS:
+                st = by_metric[m]
+                low = "n/a" if st["lower95"] is None else f"{st['lower95']:+.4f}"
+                cells.append(f"{m} {st['mean_diff']:+.4f} (>= {low}, {st['wins']}/{st['n']})")
+            lines.append(f"  vs {way:<9} " + "; ".join(cells))
+    return lines
