@@ -1,4 +1,4 @@
-"""The ``gmsearch`` command line: quickstart, run, report, export, plugins, storage-server."""
+"""The ``gmsearch`` command line: quickstart, run, report, export, evaluate, plugins, storage-server."""
 
 from __future__ import annotations
 
@@ -135,6 +135,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from gmsearch.report.evaluate import DEFAULT_ATTACKS, DEFAULT_SOURCES, evaluate_transfer
+
+    result = evaluate_transfer(
+        args.storage, args.study, config_file=args.config, trial=args.trial, population=args.population,
+        sources=args.sources or DEFAULT_SOURCES, attack_names=args.attacks or DEFAULT_ATTACKS,
+        n_images=args.images, quick=args.quick, device=args.device, echo=lambda line: print(line, flush=True),
+    )
+    print(result.to_text())
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from gmsearch.plugins import load_plugins, table
 
@@ -221,6 +233,22 @@ def make_parser() -> argparse.ArgumentParser:
     ex.add_argument("--onnx", action="store_true",
                     help="also write model.onnx, for ONNX runtimes without torch (pip install 'gmsearch[onnx]')")
     ex.set_defaults(func=_cmd_export)
+
+    ev = sub.add_parser("evaluate", help="score a study's network, Ref, Ref+GM and HE+GM on transferred attacks")
+    ev.add_argument("--storage", default=None, help="study storage URL (default: the config's)")
+    ev.add_argument("--study", default=None, help="study name (default: the config's, or the storage's only one)")
+    ev.add_argument("--config", default=None, help="the run's TOML config (default: the one recorded on the study)")
+    chosen = ev.add_mutually_exclusive_group()
+    chosen.add_argument("--best", action="store_true", help="evaluate the best candidate (the default)")
+    chosen.add_argument("--trial", type=int, default=None, help="evaluate this trial")
+    chosen.add_argument("--population", action="store_true", help="evaluate every candidate of the population")
+    ev.add_argument("--sources", nargs="+", default=None, metavar="SOURCE",
+                    help="reference, reference_at, architecture names (resnet18, hand_b, ...), ensemble:a+b")
+    ev.add_argument("--attacks", nargs="+", default=None, metavar="ATTACK", help="registered attack names")
+    ev.add_argument("--images", type=_positive, default=None, help="first N test images (default all)")
+    ev.add_argument("--quick", action="store_true", help="64 test images, 1-epoch sources and baselines")
+    ev.add_argument("--device", default=None, help="override the config's device")
+    ev.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")
     p.add_argument("--plugin", action="append", help="also load this plugin folder (name or path)")

@@ -14,6 +14,7 @@ folders are validated before any data is loaded or network trained.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import random
@@ -371,6 +372,7 @@ def make_study(cfg: RunConfig, sampler: GenomeSampler, objective: GMObjective) -
     schema.record_data(study, objective.data)
     schema.record_attack(study, objective.attack.name, objective.attack.params())
     schema.record_artifact_dir(study, artifact_dir(cfg))
+    schema.record_config(study, dataclasses.asdict(cfg))
     return study
 
 

@@ -12,6 +12,7 @@ and every figure after it reuses it. Sections, each present when its data is:
   fitness and clean/adversarial accuracy;
 - the lineage: trial number against generation with parent edges, children
   that replaced a candidate marked, and a table of every trial;
+- the transfer matrix ``gmsearch evaluate`` stored (:data:`~gmsearch.search.schema.TRANSFER_KEY`), as a heat map;
 - attribution maps, passed in as plotly figures or stored on the study
   (:func:`store_attributions`: a study user attr, or an Optuna artifact).
 
@@ -39,8 +40,9 @@ from optuna.trial import FrozenTrial, TrialState
 from gmsearch.nets.genome import Genome, GenomeError
 from gmsearch.report._lineage import _lineage_figure
 from gmsearch.report._page import _brief, _esc, _fmt, _key_values, _note, _Page, _pct, _table
-from gmsearch.report.plotting import plot_architecture
+from gmsearch.report.plotting import plot_architecture, plot_transfer_matrix
 from gmsearch.report.stored import _row_from, _stored_attributions, load_baseline
+from gmsearch.search import schema
 from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.baselines import Row
 from gmsearch.search.schema import (
@@ -323,6 +325,20 @@ def _lineage(page: _Page, study: optuna.Study) -> None:
     )
 
 
+def _transfer(page: _Page, study: optuna.Study) -> None:
+    from gmsearch.report.evaluate import load_transfer  # torch: only for a study that has a matrix
+
+    if schema.TRANSFER_KEY not in study.user_attrs:
+        return
+    matrix = load_transfer(study)
+    if matrix is None:
+        return
+    parts = page.section("transfer", "Transfer matrix")
+    parts.append(_note("gmsearch evaluate: accuracy on adversarial sets made from each source with each attack; "
+                       "white-box is the network's own PGD (GM is a transfer defense, not a white-box one)"))
+    parts.append(page.figure(plot_transfer_matrix(matrix), height=160 + 40 * len(matrix.networks)))
+
+
 def _attributions(page: _Page, figures: Sequence[go.Figure], notes: Sequence[str]) -> None:
     parts = page.section("attributions", "Attribution maps")
     for note in notes:
@@ -363,6 +379,7 @@ def render_report(
     _search_plots(page, study)
     _population(page, study)
     _lineage(page, study)
+    _transfer(page, study)
 
     if attributions is not None:
         figures = [attributions] if isinstance(attributions, go.Figure) else list(attributions)

@@ -7,6 +7,8 @@ then the head's FC blocks and the implicit classifier.
 
 from __future__ import annotations
 
+from typing import Any
+
 import plotly.graph_objects as go
 
 from gmsearch.nets.genome import Genome
@@ -119,5 +121,23 @@ def plot_architecture(genome: Genome, *, title: str | None = None) -> go.Figure:
         yaxis={"visible": False},
         plot_bgcolor="white",
         legend_title_text="block kind",
+    )
+    return fig
+
+
+def plot_transfer_matrix(matrix: Any, *, title: str | None = None) -> go.Figure:
+    """A heat map of a :class:`~gmsearch.report.evaluate.TransferEvaluation`: networks by (source/attack)
+    sets, then the worst pair, the per-image "all" and the network's own white-box PGD (accuracy in %)."""
+    columns = [*matrix.pairs, "worst", "all", "white-box"]
+    z = [[100 * v for v in (*row, matrix.worst[n], matrix.all[n], matrix.white_box[n])]
+         for n, row in enumerate(matrix.acc)]
+    fig = go.Figure(go.Heatmap(
+        z=z, x=columns, y=list(matrix.networks), zmin=0, zmax=100, colorscale="RdYlGn",
+        text=[[f"{v:.1f}" for v in row] for row in z], texttemplate="%{text}",
+        colorbar={"title": "acc (%)"},
+    ))
+    fig.update_layout(
+        title=title or f"Adversarial accuracy on transferred sets ({matrix.split} split, {matrix.n_images} images)",
+        yaxis={"autorange": "reversed"}, xaxis={"tickangle": -30},
     )
     return fig
