@@ -1,4 +1,4 @@
-"""The ``gmsearch`` command line: quickstart, run, report, export, evaluate, plugins, storage-server."""
+"""The ``gmsearch`` command line: quickstart, run, report, export, evaluate, compare, plugins, storage-server."""
 
 from __future__ import annotations
 
@@ -147,6 +147,32 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from gmsearch import config  # no torch yet: a bad config fails at once
+
+    cfg = config.load(args.config)
+    if args.device is not None:
+        cfg.device = config.parse({"device": args.device}).device
+
+    import optuna
+
+    from gmsearch import interrupt
+    from gmsearch.compare import compare, compare_lines, parse_seeds
+
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+    ways, seeds = [w.strip() for w in args.ways.split(",") if w.strip()], parse_seeds(args.seeds)
+    print(f"gmsearch compare {args.config}: ways {', '.join(ways)}, seeds {', '.join(map(str, seeds))}"
+          f"{' (quick smoke run)' if args.quick else ''}", flush=True)
+    with interrupt.stop_on_sigint():
+        result = compare(cfg, ways=ways, seeds=seeds, repeats=args.repeats, budget=args.budget, quick=args.quick,
+                         echo=lambda line: print(line, flush=True))
+    for line in compare_lines(result):
+        print(line)
+    print(f"stored on study {cfg.study.name}-compare (gmsearch report --study {cfg.study.name}-compare draws it)")
+    return 0
+
+
 def _cmd_plugins(args: argparse.Namespace) -> int:
     from gmsearch.plugins import load_plugins, table
 
@@ -249,6 +275,19 @@ def make_parser() -> argparse.ArgumentParser:
     ev.add_argument("--quick", action="store_true", help="64 test images, 1-epoch sources and baselines")
     ev.add_argument("--device", default=None, help="override the config's device")
     ev.set_defaults(func=_cmd_evaluate)
+
+    cmp = sub.add_parser("compare", help="compare ways of spending the budget (samplers) at equal child-epochs")
+    cmp.add_argument("config", help="TOML config file (its [study] name prefixes every study of the comparison)")
+    cmp.add_argument("--ways", default="niche,random,regularized,restarts",
+                     help="comma-separated sampler names (default niche,random,regularized,restarts)")
+    cmp.add_argument("--seeds", default="0-4", help="a range (0-4) or a list (0,1,2) of seeds (default 0-4)")
+    cmp.add_argument("--repeats", type=_positive, default=3, metavar="R",
+                     help="fresh initialisations each winner is retrained with (default 3)")
+    cmp.add_argument("--budget", type=_positive, default=None,
+                     help="child-epochs per way (default: the niche search's planned child-epochs)")
+    cmp.add_argument("--quick", action="store_true", help="a smoke run: 8x8 images, 2 x 1 population, 1 epoch")
+    cmp.add_argument("--device", default=None, help="override the config's device")
+    cmp.set_defaults(func=_cmd_compare)
 
     p = sub.add_parser("plugins", help="list every registered plugin of every kind")
     p.add_argument("--plugin", action="append", help="also load this plugin folder (name or path)")
