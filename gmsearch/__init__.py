@@ -43,6 +43,7 @@ _MODULES = {
 }
 _NAMES = {
     "gmsearch.evaluation": ("EvalResult", "accuracy", "evaluate", "fooling_rate"),
+    "gmsearch.evaluation.compare": ("compare",),
     "gmsearch.nets": ("Block", "Genome", "GenomeError", "build", "count_params", "estimate_flops", "spectrum_distance"),
     "gmsearch.plugins": ("load_plugin", "load_plugins"),
     "gmsearch.report.plotting": ("plot_architecture",),
@@ -75,6 +76,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
     from gmsearch import attacks, evaluation, paper, report
     from gmsearch import data as datasets
     from gmsearch.evaluation import EvalResult, accuracy, evaluate, fooling_rate
+    from gmsearch.evaluation.compare import compare
     from gmsearch.nets import (
         Block,
         Genome,
@@ -128,6 +130,7 @@ __all__ = [
     "architectures",
     "attacks",
     "build",
+    "compare",
     "count_params",
     "create_study",
     "datasets",

@@ -157,7 +157,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import optuna
 
     from gmsearch import interrupt
-    from gmsearch.compare import compare, compare_lines, parse_seeds
+    from gmsearch.evaluation.compare import compare, compare_lines, parse_seeds
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
