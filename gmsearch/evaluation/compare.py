@@ -17,10 +17,14 @@ best-so-far curves, the paired statistics of niche against each other way) is
 stored on the study ``<study>-compare`` under :data:`~gmsearch.search.schema.COMPARE_KEY`,
 which ``gmsearch report`` draws.
 
+(It lives in :mod:`gmsearch.evaluation`, not at ``gmsearch/compare.py``: importing a submodule
+``gmsearch.compare`` would replace the function ``gms.compare`` by the module.)
+
 Example:
     >>> import gmsearch as gms
     >>> result = gms.compare("study.toml", ways=["niche", "random"], seeds=[0, 1, 2])
-    >>> print("\\n".join(gms.compare_lines(result)))
+    >>> from gmsearch.evaluation.compare import compare_lines
+    >>> print("\\n".join(compare_lines(result)))
 """
 
 from __future__ import annotations
