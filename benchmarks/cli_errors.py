@@ -238,6 +238,10 @@ CASES: list[Case] = [
          _with_file(_file("wd"), lambda tmp: ["quickstart", "--workdir", str(tmp / "wd")]), 2, "is a file"),
     Case("quickstart --device cuda without a GPU",
          lambda tmp: ["quickstart", "--workdir", str(tmp / "q"), "--device", "cuda"], 1, "no CUDA GPU"),
+    Case("evaluate: unknown source", lambda tmp: ["evaluate", "--storage", f"sqlite:///{tmp}/study.db",
+                                                  "--sources", "reference", "alexnet"], 2, "unknown source 'alexnet'"),
+    Case("evaluate: unknown attack", lambda tmp: ["evaluate", "--storage", f"sqlite:///{tmp}/study.db",
+                                                  "--attacks", "fgsm", "cw"], 2, "unknown attack 'cw'"),
 ]
 
 

@@ -46,6 +46,7 @@ _NAMES = {
     "gmsearch.evaluation.compare": ("compare",),
     "gmsearch.nets": ("Block", "Genome", "GenomeError", "build", "count_params", "estimate_flops", "spectrum_distance"),
     "gmsearch.plugins": ("load_plugin", "load_plugins"),
+    "gmsearch.report.evaluate": ("evaluate_transfer",),
     "gmsearch.report.plotting": ("plot_architecture",),
     "gmsearch.search.pruners": ("NichePruner",),
     "gmsearch.search": (
@@ -90,6 +91,7 @@ if TYPE_CHECKING:  # what type checkers and IDEs see
         zoo,
     )
     from gmsearch.plugins import load_plugin, load_plugins
+    from gmsearch.report.evaluate import evaluate_transfer
     from gmsearch.report.plotting import plot_architecture
     from gmsearch.search import (
         EpochSchedule,
@@ -136,6 +138,7 @@ __all__ = [
     "datasets",
     "estimate_flops",
     "evaluate",
+    "evaluate_transfer",
     "evaluation",
     "fitness",
     "fooling_rate",

@@ -12,7 +12,8 @@ from typing import Any
 _LAZY = {
     "ATTRIBUTIONS_ARTIFACT": "stored", "load_baseline": "stored", "store_attributions": "stored",
     "store_baseline": "stored", "render_report": "_html", "write_report": "_html", "plot_architecture": "plotting",
-    "export_trial": "export", "ExportResult": "export",
+    "export_trial": "export", "ExportResult": "export", "evaluate_transfer": "evaluate", "load_transfer": "evaluate",
+    "plot_transfer_matrix": "plotting",
 }
 
 __all__ = sorted(_LAZY)
