@@ -13,6 +13,9 @@ and every figure after it reuses it. Sections, each present when its data is:
 - the lineage: trial number against generation with parent edges, children
   that replaced a candidate marked, and a table of every trial;
 - the transfer matrix ``gmsearch evaluate`` stored (:data:`~gmsearch.search.schema.TRANSFER_KEY`), as a heat map;
+- a ``gmsearch compare`` result (:data:`~gmsearch.search.schema.COMPARE_KEY`, on the study
+  ``<study>-compare``): the per-way table, niche against each other way, and best-so-far validation
+  fitness against child-epochs per way (mean and the seeds' range);
 - attribution maps, passed in as plotly figures or stored on the study
   (:func:`store_attributions`: a study user attr, or an Optuna artifact).
 
@@ -40,7 +43,7 @@ from optuna.trial import FrozenTrial, TrialState
 from gmsearch.nets.genome import Genome, GenomeError
 from gmsearch.report._lineage import _lineage_figure
 from gmsearch.report._page import _brief, _esc, _fmt, _key_values, _note, _Page, _pct, _table
-from gmsearch.report.plotting import plot_architecture, plot_transfer_matrix
+from gmsearch.report.plotting import plot_architecture, plot_budget_curves, plot_transfer_matrix
 from gmsearch.report.stored import _row_from, _stored_attributions, load_baseline
 from gmsearch.search import schema
 from gmsearch.search._optuna_private import storage_of, study_id_of
@@ -339,6 +342,44 @@ def _transfer(page: _Page, study: optuna.Study) -> None:
     parts.append(page.figure(plot_transfer_matrix(matrix), height=160 + 40 * len(matrix.networks)))
 
 
+def _comparison(page: _Page, study: optuna.Study) -> None:
+    result = study.user_attrs.get(schema.COMPARE_KEY)
+    if not isinstance(result, dict) or "summary" not in result:
+        return
+    parts = page.section("compare", "Ways at equal budget")
+    parts.append(_note(
+        f"gmsearch compare: {len(result['seeds'])} seed(s), {result['budget']} child-epochs per way; each way's best "
+        f"candidate by validation fitness retrained {result['repeats']}x from scratch and scored on the test split"
+        + (" (a --quick smoke run)" if result.get("quick") else "")
+    ))
+
+    def pm(pair: Sequence[float | None], percent: bool = True) -> str:
+        mean, sd = pair
+        scale = 100.0 if percent else 1.0
+        return "-" if mean is None else f"{scale * mean:.2f}" + ("" if sd is None else f" ± {scale * sd:.2f}")
+
+    rows = []
+    for way, row in result["summary"].items():
+        rows.append((way, pm(row["clean"]), pm(row["adv"]), pm(row["fitness"]),
+                     pm(row["child_epochs"], False) if "child_epochs" in row else "fixed",
+                     pm(row["seconds"], False) if "seconds" in row else "-"))
+    parts.append(_table(["way", "clean (%)", "adv (%)", "fitness (×100)", "child-epochs", "seconds"], rows,
+                        numeric=[False, True, True, True, True, True]))
+    stats = result.get("stats") or {}
+    if stats:
+        cells = []
+        for way, by_metric in stats.items():
+            for metric, st in by_metric.items():
+                low = "n/a" if st["lower95"] is None else f"{100 * st['lower95']:+.2f}"
+                wins = f"{st['wins']}/{st['n']}"
+                cells.append((f"niche − {way}", metric, f"{100 * st['mean_diff']:+.2f}", low, wins))
+        parts.append("<h3>Niche against each way (paired over seeds, ×100)</h3>" + _table(
+            ["pair", "metric", "mean difference", "one-sided 95% lower bound", "seeds ahead"], cells,
+            numeric=[False, False, True, True, True],
+        ))
+    parts.append(page.figure(plot_budget_curves(result["curves"]), height=420))
+
+
 def _attributions(page: _Page, figures: Sequence[go.Figure], notes: Sequence[str]) -> None:
     parts = page.section("attributions", "Attribution maps")
     for note in notes:
@@ -380,6 +421,7 @@ def render_report(
     _population(page, study)
     _lineage(page, study)
     _transfer(page, study)
+    _comparison(page, study)
 
     if attributions is not None:
         figures = [attributions] if isinstance(attributions, go.Figure) else list(attributions)

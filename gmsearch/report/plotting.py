@@ -2,11 +2,13 @@
 
 :func:`plot_architecture` draws a genome as a layered DAG: the input image on
 the left, each body block placed by its depth (longest path from the input),
-then the head's FC blocks and the implicit classifier.
+then the head's FC blocks and the implicit classifier. :func:`plot_budget_curves` draws ``gmsearch
+compare``'s best-so-far curves.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
@@ -140,4 +142,24 @@ def plot_transfer_matrix(matrix: Any, *, title: str | None = None) -> go.Figure:
         title=title or f"Adversarial accuracy on transferred sets ({matrix.split} split, {matrix.n_images} images)",
         yaxis={"autorange": "reversed"}, xaxis={"tickangle": -30},
     )
+    return fig
+
+
+_WAY_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf")
+
+
+def plot_budget_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], *, title: str | None = None) -> go.Figure:
+    """Best-so-far validation fitness against child-epochs, one line per way (the mean over seeds) in a band
+    (lowest to highest seed), from ``gmsearch compare``'s ``curves`` (``{way: {x, mean, low, high}}``)."""
+    fig = go.Figure()
+    for i, (way, c) in enumerate(curves.items()):
+        colour = _WAY_COLOURS[i % len(_WAY_COLOURS)]
+        x = list(c["x"])
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(c["high"]) + list(c["low"])[::-1], fill="toself",
+                                 fillcolor=colour, opacity=0.18, line={"width": 0}, hoverinfo="skip",
+                                 showlegend=False, name=f"{way} band"))
+        fig.add_trace(go.Scatter(x=x, y=list(c["mean"]), mode="lines", line={"color": colour, "shape": "hv"},
+                                 name=way))
+    fig.update_layout(title=title or "Best validation fitness so far against child-epochs (mean; band: seeds' range)",
+                      xaxis_title="child-epochs", yaxis_title="best validation fitness")
     return fig
