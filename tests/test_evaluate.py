@@ -88,7 +88,7 @@ def test_quick_matrix_worst_all_cache_and_storage(
 
     monkeypatch.setattr(attacks.Attack, "__call__", counting)
     assert _evaluate(storage, "--sources", *SOURCES, "--attacks", *ATTACKS) == 0
-    capsys.readouterr()
+    assert "training" not in capsys.readouterr().out  # sources, reference_at, Ref+GM and HE+GM from the cache
     assert calls == []
     assert {f: f.stat().st_mtime_ns for f in sorted(cache_dir.glob("adv-*-test-*.pt"))} == mtimes
     again = load_transfer(optuna.load_study(study_name="tiny", storage=storage))

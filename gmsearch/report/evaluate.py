@@ -213,19 +213,24 @@ class _Networks:
         return references.get(name, self.data, epochs=self.source_epochs, seed=seed, device=self.objective.device,
                               cache_dir=self.cache_dir, progress=self.say)
 
+    def _gm_recipe(self) -> dict[str, Any]:
+        o = self.objective
+        return {"lam": o.lam, "loss": str(o.loss), "batch_size": o.batch_size, "lr": o.lr,
+                "gm_batchnorm": str(o.gm_batchnorm)}
+
     def ref_gm(self) -> nn.Module:
         seed = self.cfg.seed + 1
         return self._trained("Ref+GM", lambda: reference_architecture(self.reference, self.data, seed=seed), "gm",
                              self.baseline_epochs, seed,
                              lambda net: train_with_gm(net, self.objective, epochs=self.baseline_epochs, seed=seed),
-                             lam=self.objective.lam)
+                             **self._gm_recipe())
 
     def he_gm(self) -> nn.Module:
         seed = self.cfg.seed + 1
         return self._trained("HE+GM", lambda: references.build_architecture("hand_b", self.data), "gm",
                              self.baseline_epochs, seed,
                              lambda net: train_with_gm(net, self.objective, epochs=self.baseline_epochs, seed=seed),
-                             lam=self.objective.lam)
+                             **self._gm_recipe())
 
 
 def score(networks: dict[str, nn.Module], sets: dict[str, Tensor], x: Tensor, y: Tensor,
