@@ -1,0 +1,126 @@
+"""``gmsearch compare``: the statistics against a hand computation, the budget bookkeeping, and a --quick run."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState, create_trial
+
+import gmsearch as gms
+from gmsearch import cli
+from gmsearch.config import parse
+from gmsearch.errors import UsageError
+from gmsearch.evaluation import compare as cmp
+from gmsearch.search import schema
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+T_95_3 = 2.3533634  # Student's t, 95th percentile, 3 degrees of freedom (a printed table's value)
+
+
+def test_paired_statistics_match_a_hand_computation() -> None:
+    niche, other = [0.5, 0.7, 0.6, 0.9], [0.4, 0.6, 0.7, 0.5]
+    # differences 0.1, 0.1, -0.1, 0.4: mean 0.125; squared deviations sum to 0.1275, sd = sqrt(0.1275 / 3)
+    sd = math.sqrt(0.1275 / 3)
+    st = cmp.paired_stats(niche, other)
+    assert st["mean_diff"] == pytest.approx(0.125)
+    assert st["sd"] == pytest.approx(sd)
+    assert st["lower95"] == pytest.approx(0.125 - T_95_3 * sd / 2, abs=1e-6)  # -0.11758
+    assert (st["wins"], st["n"]) == (3, 4)
+    one = cmp.paired_stats([0.3], [0.2])
+    assert one["lower95"] is None and one["sd"] is None and one["wins"] == 1
+    with pytest.raises(ValueError, match="equally long"):
+        cmp.paired_stats([0.1, 0.2], [0.1])
+
+
+def _run(way: str, seed: int, fitness: float, epochs: int = 4) -> dict[str, object]:
+    return {"way": way, "seed": seed, "child_epochs": epochs, "search_seconds": 1.0, "retrain_seconds": 0.5,
+            "test": {"clean": fitness + 0.1, "adv": fitness, "fitness": fitness}, "curve": [[2.0, fitness]]}
+
+
+def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed() -> None:
+    fitness = {"niche": [0.5, 0.7, 0.6, 0.9], "random": [0.4, 0.6, 0.7, 0.5]}
+    runs = {w: {str(s): _run(w, s, v) for s, v in enumerate(vs)} for w, vs in fitness.items()}
+    fixed = {str(s): {name: {"clean": 0.9, "adv": 0.1, "fitness": 0.1} for name in cmp.FIXED_ROWS} for s in range(4)}
+    result = cmp.summarize(["niche", "random"], [0, 1, 2, 3], runs, fixed)
+    result.update(budget=4, repeats=3)
+    assert result["summary"]["niche"]["fitness"][0] == pytest.approx(0.675)
+    st = result["stats"]["random"]["fitness"]
+    assert st["mean_diff"] == pytest.approx(0.125) and st["wins"] == 3
+    assert st["lower95"] == pytest.approx(0.125 - T_95_3 * math.sqrt(0.1275 / 3) / 2, abs=1e-6)
+    text = "\n".join(cmp.compare_lines(result))
+    assert "fitness +0.1250 (>= -0.1176, 3/4)" in text
+    assert "niche        0.7750 +- 0.1708" in text  # clean = fitness + 0.1: mean 0.775, sd 0.17078
+    assert result["curves"]["niche"]["mean"][-1] == pytest.approx(0.675)
+
+    single = cmp.summarize(["niche", "random"], [0], {w: {"0": r["0"]} for w, r in runs.items()},
+                           {"0": fixed["0"]})
+    single.update(budget=4, repeats=1)
+    text = "\n".join(cmp.compare_lines(single))
+    assert "fitness +0.1000 (>= n/a, 1/1)" in text and "0.6000 +- n/a" in text
+
+
+def test_child_epochs_count_what_trials_trained_and_the_curve_is_best_so_far() -> None:
+    study = optuna.create_study(direction="maximize")
+    genome = {schema.GENOME_KEY: "{}"}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.3, user_attrs={"epochs": 2}, system_attrs=genome))
+    study.add_trial(create_trial(state=TrialState.PRUNED, intermediate_values={0: 0.1}, system_attrs=genome))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.2, user_attrs={"epochs": 3}, system_attrs=genome))
+    study.add_trial(create_trial(state=TrialState.FAIL, system_attrs=genome))
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6, user_attrs={"epochs": 3}, system_attrs=genome))
+    assert cmp.child_epochs(study) == 2 + 1 + 3 + 3
+    assert cmp.best_so_far(study) == [[2.0, 0.3], [3.0, 0.3], [6.0, 0.3], [9.0, 0.6]]
+    assert cmp.winner(study).number == 4
+    # the niche plan: 2 initial trials of 1 epoch, then 2 children of 1 epoch per generation
+    assert cmp.planned_child_epochs(1, 2, 1, gms.EpochSchedule(base=1, step=0, every=1)) == 4
+    assert cmp.planned_child_epochs(2, 2, 1, gms.EpochSchedule(base=1, step=1, every=1)) == 2 + 2 + 2 * 2
+    band = cmp.band([[[1.0, 0.2], [3.0, 0.5]], [[2.0, 0.4]]], points=3)  # before x = 2 only the first seed
+    assert band["x"] == [1.0, 2.0, 3.0] and band["mean"] == pytest.approx([0.2, 0.3, 0.45])
+    assert band["low"] == [0.2, 0.2, 0.4] and band["high"] == [0.2, 0.4, 0.5]
+
+
+def test_seeds_and_ways_are_checked_in_one_line() -> None:
+    assert cmp.parse_seeds("0-4") == [0, 1, 2, 3, 4] and cmp.parse_seeds("3,1") == [3, 1]
+    with pytest.raises(UsageError, match="--seeds"):
+        cmp.parse_seeds("0-x")
+    with pytest.raises(UsageError, match="unknown \\['nope'\\]; choose from niche, random"):
+        cmp.compare(parse({}), ways=["niche", "nope"], seeds=[0])
+
+
+def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = tmp_path / "c.toml"
+    config.write_text(f'device = "cpu"\n[study]\nname = "cmp"\nstorage = "sqlite:///{tmp_path}/cmp.db"\n'
+                      f'cache_dir = "{tmp_path}/cache"\n')
+    ways, seeds = ["niche", "random", "restarts"], [0, 1]
+    # 5 child-epochs: past the 4 the 1-generation plan trains, so each way runs into a second generation and
+    # stops after the trial that reaches the budget
+    result = gms.compare(config, ways=ways, seeds=seeds, repeats=1, budget=5, quick=True)
+    for seed in ("0", "1"):
+        spent = [result["runs"][w][seed]["child_epochs"] for w in ways]
+        # each reaches the budget and passes it by less than one child (a --quick child trains 1 epoch)
+        assert all(5 <= s < 5 + 1 for s in spent), spent
+    st = result["stats"]["random"]["fitness"]
+    diffs = [result["runs"]["niche"][s]["test"]["fitness"] - result["runs"]["random"][s]["test"]["fitness"]
+             for s in ("0", "1")]
+    assert st["mean_diff"] == pytest.approx(sum(diffs) / 2)
+    if diffs[0] != diffs[1]:  # two seeds: t.ppf(0.95, 1) = 6.3138, sd = |d0 - d1| / sqrt(2)
+        assert st["lower95"] == pytest.approx(sum(diffs) / 2 - 6.3137515 * abs(diffs[0] - diffs[1]) / 2, abs=1e-5)
+    assert st["wins"] == sum(d > 0 for d in diffs)
+    storage = f"sqlite:///{tmp_path}/cmp.db"
+    stored = optuna.load_study(study_name="cmp-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
+    assert stored["stats"] == result["stats"] and set(stored["curves"]) == set(ways)
+    niche = optuna.load_study(study_name="cmp-niche-s1", storage=storage)
+    n_trials = len(niche.trials)
+
+    assert cli.main(["compare", str(config), "--ways", ",".join(ways), "--seeds", "0-1", "--repeats", "1",
+                     "--budget", "5", "--quick"]) == 0
+    out = capsys.readouterr().out
+    assert "vs random" in out and "vs restarts" in out and "HE+GM" in out
+    again = optuna.load_study(study_name="cmp-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
+    assert again["runs"] == result["runs"]  # every way/seed reused: same winners, same timings
+    assert len(optuna.load_study(study_name="cmp-niche-s1", storage=storage).trials) == n_trials
