@@ -10,7 +10,8 @@ Sources (the attacker's models, each trained once and cached as references are):
 - ``ensemble:a+b+c``: one attack against the averaged logits of those sources.
 
 Every (source, attack) pair makes one adversarial set of the test split (the attack's default budget for
-the dataset, :func:`gmsearch.pipeline.attack_params`), cached by :func:`gmsearch.attacks.adversarial_set`
+the dataset, :func:`gmsearch.pipeline.attack_params` without the config's ``[attack] params``, so every
+column of the matrix has the same kind of budget), cached by :func:`gmsearch.attacks.adversarial_set`
 with the content hash of the source's weights, the images and the attack. Each network gets one row: its
 accuracy on every set, the worst pair, the share of images it gets right under every pair ("all"), and its
 own white-box ``pgd_linf`` accuracy (GM is a transfer defense: that column is not expected to be high).
@@ -199,7 +200,7 @@ class _Networks:
         if name.startswith(ENSEMBLE_PREFIX):
             return attacks.ModelEnsemble([self.source(p) for p in name[len(ENSEMBLE_PREFIX):].split("+")])
         if name == "reference_at":
-            budget = pipeline.attack_params(self.cfg, self.data.input_shape, name=WHITE_BOX)
+            budget = pipeline.attack_params(self.cfg, self.data.input_shape, name=WHITE_BOX, overrides={})
             eps = AT_EPS_SHARE * float(budget["eps"])
             return self._trained(
                 "reference_at", lambda: fresh_copy(self.reference, seed=seed), "fast_at", self.source_epochs, seed,
@@ -316,7 +317,7 @@ def evaluate_transfer(
     networks["Ref+GM"] = nets.ref_gm()
     networks["HE+GM"] = nets.he_gm()
     cache_dir = pipeline.cache_dir(cfg)
-    made = {name: attacks.create(name, **pipeline.attack_params(cfg, data.input_shape, name=name))
+    made = {name: attacks.create(name, **pipeline.attack_params(cfg, data.input_shape, name=name, overrides={}))
             for name in attack_names}
     sets: dict[str, Tensor] = {}
     for source in sources:
@@ -324,7 +325,7 @@ def evaluate_transfer(
         for name, atk in made.items():
             say(f"adversarial set {source}/{name} ({len(y)} test images; cached)")
             sets[f"{source}/{name}"] = attacks.adversarial_set(model, x, y, atk, cache_dir=cache_dir, tag="test").x
-    pgd = attacks.create(WHITE_BOX, **pipeline.attack_params(cfg, data.input_shape, name=WHITE_BOX))
+    pgd = attacks.create(WHITE_BOX, **pipeline.attack_params(cfg, data.input_shape, name=WHITE_BOX, overrides={}))
     white: dict[str, Tensor] = {}
     for name, net in networks.items():
         say(f"white-box {WHITE_BOX} on {name}")
