@@ -372,7 +372,9 @@ def make_study(cfg: RunConfig, sampler: GenomeSampler, objective: GMObjective) -
     schema.record_data(study, objective.data)
     schema.record_attack(study, objective.attack.name, objective.attack.params())
     schema.record_artifact_dir(study, artifact_dir(cfg))
-    schema.record_config(study, dataclasses.asdict(cfg))
+    recorded = dataclasses.asdict(cfg)
+    recorded["study"]["storage"] = mask_url(cfg.study.storage)  # no password in the database
+    schema.record_config(study, recorded)
     return study
 
 

@@ -112,6 +112,14 @@ def test_unknown_source_or_attack_is_one_line_exit_2(
     assert err.count("\n") == 0 and "unknown attack 'cw'" in err and "mi_fgsm" in err
 
 
+def test_a_study_without_its_config_asks_for_one(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    optuna.create_study(study_name="tiny", storage=storage)  # no recorded run configuration
+    assert _evaluate(storage, "--sources", "reference", "--attacks", "fgsm") == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "does not record its run configuration" in err and "--config" in err
+
+
 def test_matrix_round_trips_through_a_dict() -> None:
     m = TransferEvaluation(networks=("a",), pairs=("r/fgsm", "r/mi_fgsm"), acc=((0.5, 0.25),), worst=(0.25,),
                            all=(0.125,), clean=(1.0,), white_box=(0.0,), attacks={"fgsm": "fgsm(eps=0.1)"},

@@ -145,9 +145,7 @@ def _choose(study: optuna.Study, trial: int | None, whole_population: bool) -> l
     return ranked if whole_population else ranked[:1]
 
 
-def _config(study: optuna.Study, config_file: str | Path | None) -> config.RunConfig:
-    if config_file is not None:
-        return config.load(config_file)
+def _config(study: optuna.Study) -> config.RunConfig:
     stored = study.user_attrs.get(schema.CONFIG_KEY)
     if stored is None:
         raise UsageError(f"study {study.study_name!r} does not record its run configuration (made before "
@@ -291,14 +289,16 @@ def evaluate_transfer(
     say = echo or (lambda _line: None)
     check_names(sources, attack_names)
     cfg = config.load(config_file) if config_file is not None else None
-    study = open_study(storage or (cfg.study.storage if cfg else "sqlite:///gmsearch.db"),
-                       study_name or (cfg.study.name if cfg else None))
-    cfg = cfg or _config(study, None)
+    url = storage or (cfg.study.storage if cfg else "sqlite:///gmsearch.db")
+    study = open_study(url, study_name or (cfg.study.name if cfg else None))
+    cfg = cfg or _config(study)
+    cfg.study.storage = url  # the recorded one has its password masked
     if device is not None:
         cfg.device = device
     chosen = _choose(study, trial, population)
     started = time.perf_counter()
     dev = pipeline.device_for(cfg)
+    pipeline.check_device(dev)
     data = pipeline.load_data(cfg, device=dev)
     reference = pipeline.make_reference(cfg, data, device=dev, echo=say)
     objective = pipeline.make_objective(cfg, data, reference, device=dev)
