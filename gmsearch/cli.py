@@ -169,7 +169,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
                          echo=lambda line: print(line, flush=True))
     for line in compare_lines(result):
         print(line)
-    print(f"stored on study {cfg.study.name}-compare (gmsearch report --study {cfg.study.name}-compare draws it)")
+    print(f"stored on study {result['study']} (gmsearch report --study {result['study']} draws it)")
     return 0
 
 

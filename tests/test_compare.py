@@ -112,15 +112,15 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
         assert st["lower95"] == pytest.approx(sum(diffs) / 2 - 6.3137515 * abs(diffs[0] - diffs[1]) / 2, abs=1e-5)
     assert st["wins"] == sum(d > 0 for d in diffs)
     storage = f"sqlite:///{tmp_path}/cmp.db"
-    stored = optuna.load_study(study_name="cmp-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
+    stored = optuna.load_study(study_name="cmp-quick-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
     assert stored["stats"] == result["stats"] and set(stored["curves"]) == set(ways)
-    niche = optuna.load_study(study_name="cmp-niche-s1", storage=storage)
+    niche = optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage)
     n_trials = len(niche.trials)
 
     assert cli.main(["compare", str(config), "--ways", ",".join(ways), "--seeds", "0-1", "--repeats", "1",
                      "--budget", "5", "--quick"]) == 0
     out = capsys.readouterr().out
-    assert "vs random" in out and "vs restarts" in out and "HE+GM" in out
-    again = optuna.load_study(study_name="cmp-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
+    assert "vs random" in out and "vs restarts" in out and "HE+GM" in out and "study cmp-quick-compare" in out
+    again = optuna.load_study(study_name="cmp-quick-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
     assert again["runs"] == result["runs"]  # every way/seed reused: same winners, same timings
-    assert len(optuna.load_study(study_name="cmp-niche-s1", storage=storage).trials) == n_trials
+    assert len(optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage).trials) == n_trials

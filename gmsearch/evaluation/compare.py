@@ -173,8 +173,10 @@ def parse_seeds(text: str) -> list[int]:
 
 def quick_config(cfg: RunConfig) -> RunConfig:
     """A smoke-run version of ``cfg`` (``--quick``): 8x8 images, 8 train and 5 test images per class, a 2 x 1
-    population for 1 generation of 1 epoch, a 2-epoch reference, 3 attack steps."""
+    population for 1 generation of 1 epoch, a 2-epoch reference, 3 attack steps; its studies are named
+    ``<study>-quick-...``, apart from a full comparison's."""
     cfg = copy.deepcopy(cfg)
+    cfg.study.name = f"{cfg.study.name}-quick"
     cfg.data.image_size, cfg.data.max_train_per_class, cfg.data.max_test_per_class = 8, 8, 5
     cfg.reference.epochs = 2
     s = cfg.search
@@ -341,8 +343,9 @@ def compare(
         echo: Gets a line per finished way/seed (e.g. ``print``).
 
     Returns:
-        ``{"ways", "seeds", "budget", "repeats", "runs": {way: {seed: ...}}, "fixed": {seed: ...},
-        "summary": {way: {metric: [mean, sd]}}, "stats": {way: {metric: paired_stats}}, "curves": {way: band}}``.
+        ``{"ways", "seeds", "budget", "repeats", "quick", "study" (where it is stored), "runs": {way: {seed:
+        ...}}, "fixed": {seed: ...}, "summary": {way: {metric: [mean, sd]}}, "stats": {way: {metric:
+        paired_stats}}, "curves": {way: band}}``.
     """
     cfg = config_module.load(config) if isinstance(config, str | Path) else copy.deepcopy(config)
     cfg = quick_config(cfg) if quick else cfg
@@ -377,7 +380,7 @@ def compare(
                      f"test clean {t['clean']:.4f} adv {t['adv']:.4f} fitness {t['fitness']:.4f}")
         fixed[str(seed)] = fixed_rows(scfg, objective, seed=seed, epochs=fixed_epochs, repeats=repeats)
     result = summarize(ways, seeds, runs, fixed)
-    result.update(budget=budget, repeats=repeats, quick=quick)
+    result.update(budget=budget, repeats=repeats, quick=quick, study=f"{cfg.study.name}-compare")
     store(cfg, result)
     return result
 
@@ -407,7 +410,7 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
 
 def store(cfg: RunConfig, result: dict[str, Any]) -> optuna.Study:
     """Keep ``result`` on the study ``<study>-compare`` (user attr :data:`~gmsearch.search.schema.COMPARE_KEY`)."""
-    study = create_study(study_name=f"{cfg.study.name}-compare", storage=cfg.study.storage)
+    study = create_study(study_name=result["study"], storage=cfg.study.storage)
     study.set_user_attr(schema.COMPARE_KEY, result)
     return study
 
