@@ -91,7 +91,7 @@ def test_seeds_and_ways_are_checked_in_one_line() -> None:
 
 
 def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     config = tmp_path / "c.toml"
     config.write_text(f'device = "cpu"\n[study]\nname = "cmp"\nstorage = "sqlite:///{tmp_path}/cmp.db"\n'
@@ -117,6 +117,10 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
     niche = optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage)
     n_trials = len(niche.trials)
 
+    def no_training(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a rerun retrained a network")
+
+    monkeypatch.setattr(cmp, "retrain", no_training)  # winners and HE+GM: reused from storage
     assert cli.main(["compare", str(config), "--ways", ",".join(ways), "--seeds", "0-1", "--repeats", "1",
                      "--budget", "5", "--quick"]) == 0
     out = capsys.readouterr().out

@@ -9,10 +9,11 @@ given budget). Its best candidate by validation fitness (the completed trial
 with the highest value) is then retrained from scratch ``repeats`` times under
 fresh seeds for the same epochs and scored on the test split, so no selection
 luck of one training run carries into the result. Ref (white-box) and HE+GM
-(``hand_b`` trained with GM) are fixed rows of each seed.
+(``hand_b`` trained with GM ``repeats`` times for the last generation's epochs)
+are fixed rows of each seed.
 
 A finished way/seed is reused: its search stops at the budget and its test
-numbers are stored on its study. The whole result (per way and seed, the
+numbers are stored on its study (the fixed rows on the comparison's study). The whole result (per way and seed, the
 best-so-far curves, the paired statistics of niche against each other way) is
 stored on the study ``<study>-compare`` under :data:`~gmsearch.search.schema.COMPARE_KEY`,
 which ``gmsearch report`` draws.
@@ -363,6 +364,9 @@ def compare(
     schedule = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every)
     budget = budget or planned_child_epochs(s.generations, s.population_size, s.n_children, schedule)
     fixed_epochs = schedule.epochs(s.generations)
+    earlier = stored_result(cfg)  # its fixed rows are reused when trained for as long, as often
+    if earlier.get("fixed_epochs") != fixed_epochs or earlier.get("repeats") != repeats:
+        earlier = {}
     runs: dict[str, dict[str, Any]] = {w: {} for w in ways}
     fixed: dict[str, Any] = {}
     for seed in seeds:
@@ -378,9 +382,11 @@ def compare(
                 t = run["test"]
                 echo(f"  seed {seed} {way:<12} {run['child_epochs']} child-epochs, winner trial {run['winner']}: "
                      f"test clean {t['clean']:.4f} adv {t['adv']:.4f} fitness {t['fitness']:.4f}")
-        fixed[str(seed)] = fixed_rows(scfg, objective, seed=seed, epochs=fixed_epochs, repeats=repeats)
+        fixed[str(seed)] = (earlier["fixed"][str(seed)] if str(seed) in earlier.get("fixed", {}) else
+                            fixed_rows(scfg, objective, seed=seed, epochs=fixed_epochs, repeats=repeats))
     result = summarize(ways, seeds, runs, fixed)
-    result.update(budget=budget, repeats=repeats, quick=quick, study=f"{cfg.study.name}-compare")
+    result.update(budget=budget, repeats=repeats, quick=quick, study=f"{cfg.study.name}-compare",
+                  fixed_epochs=fixed_epochs)
     store(cfg, result)
     return result
 
@@ -406,6 +412,16 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
     curves = {way: band([runs[way][k]["curve"] for k in keys]) for way in ways}
     return {"ways": list(ways), "seeds": list(seeds), "runs": runs, "fixed": fixed, "summary": summary,
             "stats": stats, "curves": curves}
+
+
+def stored_result(cfg: RunConfig) -> dict[str, Any]:
+    """The result stored on ``<study>-compare`` by an earlier comparison ({} when none)."""
+    try:
+        study = optuna.load_study(study_name=f"{cfg.study.name}-compare", storage=cfg.study.storage)
+    except KeyError:
+        return {}
+    value = study.user_attrs.get(schema.COMPARE_KEY)
+    return value if isinstance(value, dict) else {}
 
 
 def store(cfg: RunConfig, result: dict[str, Any]) -> optuna.Study:
