@@ -114,6 +114,9 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
     storage = f"sqlite:///{tmp_path}/cmp.db"
     stored = optuna.load_study(study_name="cmp-quick-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
     assert stored["stats"] == result["stats"] and set(stored["curves"]) == set(ways)
+    html = gms.report.render_report(optuna.load_study(study_name="cmp-quick-compare", storage=storage))
+    assert "Ways at equal budget" in html and "Best validation fitness so far against child-epochs" in html
+    assert "niche − random" in html
     niche = optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage)
     n_trials = len(niche.trials)
 
