@@ -417,11 +417,11 @@ def render_report(
     if rows:
         _baseline(page, caption, rows)
 
+    _comparison(page, study)  # near the top: the study <study>-compare holds it and no trials
     _search_plots(page, study)
     _population(page, study)
     _lineage(page, study)
     _transfer(page, study)
-    _comparison(page, study)
 
     if attributions is not None:
         figures = [attributions] if isinstance(attributions, go.Figure) else list(attributions)

@@ -154,12 +154,25 @@ def plot_budget_curves(curves: Mapping[str, Mapping[str, Sequence[float]]], *, t
     fig = go.Figure()
     for i, (way, c) in enumerate(curves.items()):
         colour = _WAY_COLOURS[i % len(_WAY_COLOURS)]
-        x = list(c["x"])
-        fig.add_trace(go.Scatter(x=x + x[::-1], y=list(c["high"]) + list(c["low"])[::-1], fill="toself",
-                                 fillcolor=colour, opacity=0.18, line={"width": 0}, hoverinfo="skip",
-                                 showlegend=False, name=f"{way} band"))
-        fig.add_trace(go.Scatter(x=x, y=list(c["mean"]), mode="lines", line={"color": colour, "shape": "hv"},
-                                 name=way))
+        x, high = _steps(c["x"], c["high"])
+        _, low = _steps(c["x"], c["low"])
+        fig.add_trace(go.Scatter(x=x + x[::-1], y=high + low[::-1], fill="toself", fillcolor=colour, opacity=0.18,
+                                 line={"width": 0}, hoverinfo="skip", showlegend=False, name=f"{way} band"))
+        fig.add_trace(go.Scatter(x=list(c["x"]), y=list(c["mean"]), mode="lines",
+                                 line={"color": colour, "shape": "hv"}, name=way))
     fig.update_layout(title=title or "Best validation fitness so far against child-epochs (mean; band: seeds' range)",
                       xaxis_title="child-epochs", yaxis_title="best validation fitness")
     return fig
+
+
+def _steps(x: Sequence[float], y: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The corners of a step curve that holds each ``y`` until the next ``x`` (a band's edge drawn as steps)."""
+    xs: list[float] = []
+    ys: list[float] = []
+    for i, (a, b) in enumerate(zip(x, y, strict=True)):
+        if i:
+            xs.append(a)
+            ys.append(ys[-1])
+        xs.append(a)
+        ys.append(b)
+    return xs, ys
