@@ -243,6 +243,31 @@ class GenomeSampler(BaseSampler):
         """
         raise NotImplementedError
 
+    def initial_candidate(self, census: Census, rng: random.Random) -> tuple[Genome, None, int] | None:
+        """While fewer than ``population_size`` initial candidates live: a new one at least ``min_distance``
+        (spectrum distance) from each of them, without parent, in generation 0; else None (a child's turn).
+
+        The population rule of the evolutionary ways (niche, regularized) starts here.
+        """
+        initial = census.initial
+        if census.n_initial < self.population_size or not initial:
+            genome = mutations.random_genome_far_from(
+                [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
+            )
+            return genome, None, 0
+        return None
+
+    def mutate(self, genome: Genome, rng: random.Random) -> Genome:
+        """A child of ``genome``: ``mutations_per_child`` operators of the DEAP toolbox (aggressive mutation)."""
+        toolbox = mutations.toolbox(
+            k=self.mutations_per_child, names=self.mutation_names, weights=self.mutation_weights, budget=self.budget,
+        )
+        return toolbox.aggressive(genome, rng)
+
+    def child_generation(self, census: Census) -> int:
+        """The generation of the child being sampled: its index among children over a generation's children."""
+        return len(census.earlier_children) // (self.population_size * self.n_children) + 1
+
     def on_complete(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], values: Sequence[float]) -> None:
         """Record what the population rule makes of ``trial``, just completed with ``values`` (default: nothing)."""
 

@@ -68,7 +68,6 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from gmsearch.nets.genome import Genome
-from gmsearch.search import mutations
 from gmsearch.search._optuna_private import storage_of, trial_id_of
 from gmsearch.search.census import Census
 from gmsearch.search.samplers._base import GenomeSampler, registry
@@ -113,14 +112,12 @@ class NicheEvolutionSampler(GenomeSampler):
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
     ) -> tuple[Genome, int | None, int]:
+        first = self.initial_candidate(census, rng)
+        if first is not None:
+            return first
         initial = census.initial
-        if census.n_initial < self.population_size or not initial:
-            genome = mutations.random_genome_far_from(
-                [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
-            )
-            return genome, None, 0
         k = len(census.earlier_children)
-        generation = k // (self.population_size * self.n_children) + 1
+        generation = self.child_generation(census)
         turn_start = k - k % self.n_children
         first_of_turn = census.earlier_children[turn_start] if turn_start < k else None
         if first_of_turn is not None and GENOME_KEY in first_of_turn.system_attrs:
@@ -134,11 +131,7 @@ class NicheEvolutionSampler(GenomeSampler):
             slot = (k // self.n_children) % self.population_size
             parent_trial = slots[slot % len(slots)]
             parent = parent_trial.number
-        toolbox = mutations.toolbox(
-            k=self.mutations_per_child, names=self.mutation_names,
-            weights=self.mutation_weights, budget=self.budget,
-        )
-        return toolbox.aggressive(genome_of(parent_trial), rng), parent, generation
+        return self.mutate(genome_of(parent_trial), rng), parent, generation
 
     def on_complete(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], values: Sequence[float]) -> None:
         """A child's ``gmsearch:replaced``: the candidate it replaced in the replay (None: none)."""

@@ -23,7 +23,6 @@ from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from gmsearch.nets.genome import Genome
-from gmsearch.search import mutations
 from gmsearch.search.census import Census
 from gmsearch.search.samplers._base import GenomeSampler, registry
 from gmsearch.search.schema import GENOME_KEY, genome_of
@@ -88,18 +87,10 @@ class RegularizedEvolutionSampler(GenomeSampler):
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
     ) -> tuple[Genome, int | None, int]:
-        initial = census.initial
-        if census.n_initial < self.population_size or not initial:
-            genome = mutations.random_genome_far_from(
-                [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
-            )
-            return genome, None, 0
-        k = len(census.earlier_children)
-        generation = k // (self.population_size * self.n_children) + 1
-        population = aging_population(trials, self.population_size) or initial  # none finished yet: never wait
+        first = self.initial_candidate(census, rng)
+        if first is not None:
+            return first
+        generation = self.child_generation(census)
+        population = aging_population(trials, self.population_size) or census.initial  # none finished yet: never wait
         _, parent = tournament(population, self.sample_size, rng, study.directions[0])
-        toolbox = mutations.toolbox(
-            k=self.mutations_per_child, names=self.mutation_names,
-            weights=self.mutation_weights, budget=self.budget,
-        )
-        return toolbox.aggressive(genome_of(parent), rng), parent.number, generation
+        return self.mutate(genome_of(parent), rng), parent.number, generation
