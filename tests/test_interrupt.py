@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +48,22 @@ cache_dir = "{tmp}/cache"
 """
 
 
+def _study_exists(path: Path, name: str) -> bool:
+    """Whether the SQLite file holds study ``name`` (read-only: creates nothing, takes no write lock)."""
+    if not path.exists():
+        return False
+    try:
+        with closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=1.0)) as db:
+            return db.execute("SELECT 1 FROM studies WHERE study_name = ?", (name,)).fetchone() is not None
+    except sqlite3.Error:
+        return False  # no schema yet, or locked for a moment
+
+
 def _running_child(storage: str, deadline: float) -> None:
     while time.monotonic() < deadline:
         time.sleep(0.5)
-        if not Path(storage[len("sqlite:///") :]).exists():
-            continue
+        if not _study_exists(Path(storage[len("sqlite:///") :]), "ctrl-c"):
+            continue  # opening the storage while the run creates its schema races it (alembic_version's insert)
         try:
             study = optuna.load_study(study_name="ctrl-c", storage=storage)
         except (KeyError, optuna.exceptions.StorageInternalError):
