@@ -166,7 +166,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
           f"{' (quick smoke run)' if args.quick else ''}", flush=True)
     with interrupt.stop_on_sigint():
         result = compare(cfg, ways=ways, seeds=seeds, repeats=args.repeats, budget=args.budget, quick=args.quick,
-                         echo=lambda line: print(line, flush=True))
+                         retrain_epochs=args.retrain_epochs, echo=lambda line: print(line, flush=True))
     for line in compare_lines(result):
         print(line)
     print(f"stored on study {result['study']} (gmsearch report --study {result['study']} draws it)")
@@ -285,6 +285,8 @@ def make_parser() -> argparse.ArgumentParser:
                      help="fresh initialisations each winner is retrained with (default 3)")
     cmp.add_argument("--budget", type=_positive, default=None,
                      help="child-epochs per way (default: the niche search's planned child-epochs)")
+    cmp.add_argument("--retrain-epochs", type=_positive, default=None, metavar="E",
+                     help="epochs each winner and HE+GM retrain for (default: the winner's; the last generation's)")
     cmp.add_argument("--quick", action="store_true", help="a smoke run: 8x8 images, 2 x 1 population, 1 epoch")
     cmp.add_argument("--device", default=None, help="override the config's device")
     cmp.set_defaults(func=_cmd_compare)

@@ -38,7 +38,8 @@ def test_paired_statistics_match_a_hand_computation() -> None:
 
 def _run(way: str, seed: int, fitness: float, epochs: int = 4) -> dict[str, object]:
     return {"way": way, "seed": seed, "child_epochs": epochs, "search_seconds": 1.0, "retrain_seconds": 0.5,
-            "test": {"clean": fitness + 0.1, "adv": fitness, "fitness": fitness}, "curve": [[2.0, fitness]]}
+            "test": {"clean": fitness + 0.1, "adv": fitness, "fitness": fitness}, "curve": [[2.0, fitness]],
+            "val_fitness": fitness + 0.05, "val_retrained": fitness - 0.05, "lucky_gap": 0.1, "val_noise_sd": 0.02}
 
 
 def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed() -> None:
@@ -55,6 +56,8 @@ def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed
     assert "fitness +0.1250 (>= -0.1176, 3/4)" in text
     assert "niche        0.7750 +- 0.1708" in text  # clean = fitness + 0.1: mean 0.775, sd 0.17078
     assert result["curves"]["niche"]["mean"][-1] == pytest.approx(0.675)
+    assert result["summary"]["niche"]["lucky_gap"][0] == pytest.approx(0.1)
+    assert "niche        stored 0.7250 +- 0.1708  lucky gap 0.1000 +- 0.0000  noise sd 0.0200" in text
 
     single = cmp.summarize(["niche", "random"], [0], {w: {"0": r["0"]} for w, r in runs.items()},
                            {"0": fixed["0"]})
@@ -104,6 +107,10 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
         spent = [result["runs"][w][seed]["child_epochs"] for w in ways]
         # each reaches the budget and passes it by less than one child (a --quick child trains 1 epoch)
         assert all(5 <= s < 5 + 1 for s in spent), spent
+        for w in ways:  # the winner's stored validation fitness against its retrained one, on the same images
+            run = result["runs"][w][seed]
+            assert 0.0 <= run["val_retrained"] <= 1.0 and run["val_noise_sd"] is None  # one repeat: no sd
+            assert run["lucky_gap"] == pytest.approx(run["val_fitness"] - run["val_retrained"])
     st = result["stats"]["random"]["fitness"]
     diffs = [result["runs"]["niche"][s]["test"]["fitness"] - result["runs"]["random"][s]["test"]["fitness"]
              for s in ("0", "1")]

@@ -48,6 +48,7 @@ from gmsearch import config as config_module
 from gmsearch import interrupt, pipeline, runner
 from gmsearch.config import RunConfig
 from gmsearch.errors import UsageError
+from gmsearch.evaluation.metrics import accuracy
 from gmsearch.nets.genome import Genome
 from gmsearch.search import samplers, schema
 from gmsearch.search.baselines import _row, train_with_gm
@@ -252,11 +253,22 @@ def winner(study: optuna.Study) -> FrozenTrial:
     return max(done, key=lambda t: (t.values[0], -t.number))
 
 
+def _fitness(objective: GMObjective, clean: float, adv: float) -> float:
+    value = objective.fitness(clean, adv)
+    return float(value[0] if isinstance(value, tuple | list) else value)
+
+
 def _test_scores(name: str, net: torch.nn.Module, objective: GMObjective) -> dict[str, float]:
     row = _row(name, net, objective)
-    value = objective.fitness(row.clean_acc, row.adv_acc)
-    fit = float(value[0] if isinstance(value, tuple | list) else value)
-    return {"clean": row.clean_acc, "adv": row.adv_acc, "fitness": fit}
+    return {"clean": row.clean_acc, "adv": row.adv_acc, "fitness": _fitness(objective, row.clean_acc, row.adv_acc)}
+
+
+def _val_fitness(net: torch.nn.Module, objective: GMObjective) -> float:
+    """The validation fitness the search would have stored for ``net`` (clean and transferred val sets)."""
+    val = objective.data.val
+    clean = accuracy(net, val.x, val.y)
+    adv = accuracy(net, objective.adversarial_val.x, objective.adversarial_val.y)
+    return _fitness(objective, clean, adv)
 
 
 def _mean_scores(runs: Sequence[dict[str, float]]) -> dict[str, float]:
@@ -265,7 +277,9 @@ def _mean_scores(runs: Sequence[dict[str, float]]) -> dict[str, float]:
 
 def retrain(objective: GMObjective, genome: Genome, *, epochs: int, seed: int, way: str,
             repeats: int) -> list[dict[str, float]]:
-    """``genome`` trained from scratch ``repeats`` times with GM (seeds from ``(seed, way, r)``), on test."""
+    """``genome`` trained from scratch ``repeats`` times with GM (seeds from ``(seed, way, r)``), scored on test
+    (``clean``, ``adv``, ``fitness``) and on validation (``val_fitness``: the search's measure, so its spread
+    over the repeats is the fitness noise a replacement decides on)."""
     runs = []
     for r in range(repeats):
         interrupt.check()
@@ -273,12 +287,12 @@ def retrain(objective: GMObjective, genome: Genome, *, epochs: int, seed: int, w
         torch.manual_seed(run_seed)
         net = objective.build(genome).to(objective.device)
         train_with_gm(net, objective, epochs=epochs, seed=run_seed)
-        runs.append(_test_scores(way, net, objective))
+        runs.append({**_test_scores(way, net, objective), "val_fitness": _val_fitness(net, objective)})
     return runs
 
 
 def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed: int, budget: int,
-            repeats: int) -> dict[str, Any]:
+            repeats: int, retrain_epochs: int | None = None) -> dict[str, Any]:
     """One way under one seed: its search (or the stored one), its winner retrained and scored on test.
 
     The result is stored on the way's study (:data:`~gmsearch.search.schema.COMPARE_RUN_KEY`) and reused
@@ -288,23 +302,29 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
     pipeline.check_resume(wcfg)
     study = search(wcfg, objective, data, budget)
     best = winner(study)
+    epochs = retrain_epochs or trained_epochs(best)
     stored = study.user_attrs.get(schema.COMPARE_RUN_KEY)
     if isinstance(stored, dict) and stored.get("budget") == budget and stored.get("winner") == best.number \
-            and stored.get("repeats") == repeats:
+            and stored.get("repeats") == repeats and stored.get("retrain_epochs") == epochs and "lucky_gap" in stored:
         return stored
     start = time.perf_counter()
-    epochs = trained_epochs(best)
     runs = retrain(objective, schema.genome_of(best), epochs=epochs, seed=seed, way=way, repeats=repeats)
     finished = _finished(study)
     result = {
         "way": way, "seed": seed, "study": study.study_name, "budget": budget, "repeats": repeats,
-        "winner": best.number, "winner_epochs": epochs, "val_fitness": best.values[0],
+        "winner": best.number, "winner_epochs": trained_epochs(best), "retrain_epochs": epochs,
+        "val_fitness": best.values[0],
         "child_epochs": child_epochs(study), "trials": len(finished),
         "search_seconds": round(sum((t.datetime_complete - t.datetime_start).total_seconds()
                                     for t in finished if t.datetime_start and t.datetime_complete), 3),
         "retrain_seconds": round(time.perf_counter() - start, 3),
         "test": _mean_scores(runs), "runs": runs, "curve": best_so_far(study),
+        # the winner's luck: its stored validation fitness minus what retraining it gives on the same images
+        # (retrained for as long as it trained in the search; with retrain_epochs another length is measured)
+        "val_retrained": statistics.fmean(r["val_fitness"] for r in runs),
+        "val_noise_sd": statistics.stdev([r["val_fitness"] for r in runs]) if repeats > 1 else None,
     }
+    result["lucky_gap"] = result["val_fitness"] - result["val_retrained"]
     study.set_user_attr(schema.COMPARE_RUN_KEY, result)
     return result
 
@@ -330,6 +350,7 @@ def compare(
     repeats: int = 3,
     budget: int | None = None,
     quick: bool = False,
+    retrain_epochs: int | None = None,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compare ways of spending the budget at equal child-epochs; the JSON-safe result (also stored).
@@ -341,6 +362,8 @@ def compare(
         repeats: Fresh initialisations each winner (and HE+GM) is retrained with.
         budget: Child-epochs each way spends (default: the niche search's planned child-epochs).
         quick: A smoke run (:func:`quick_config`).
+        retrain_epochs: Epochs each winner and HE+GM are retrained for (default: the epochs the winner trained
+            in its search; HE+GM the last generation's).
         echo: Gets a line per finished way/seed (e.g. ``print``).
 
     Returns:
@@ -363,7 +386,9 @@ def compare(
     s = cfg.search
     schedule = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every)
     budget = budget or planned_child_epochs(s.generations, s.population_size, s.n_children, schedule)
-    fixed_epochs = schedule.epochs(s.generations)
+    if retrain_epochs is not None and retrain_epochs < 1:
+        raise UsageError(f"--retrain-epochs must be >= 1, got {retrain_epochs}")
+    fixed_epochs = retrain_epochs or schedule.epochs(s.generations)
     earlier = stored_result(cfg)  # its fixed rows are reused when trained for as long, as often
     if earlier.get("fixed_epochs") != fixed_epochs or earlier.get("repeats") != repeats:
         earlier = {}
@@ -376,7 +401,8 @@ def compare(
         reference = pipeline.make_reference(scfg, data, device=device)
         objective = pipeline.make_objective(scfg, data, reference, device=device)
         for way in ways:
-            run = run_way(cfg, objective, data, way=way, seed=seed, budget=budget, repeats=repeats)
+            run = run_way(cfg, objective, data, way=way, seed=seed, budget=budget, repeats=repeats,
+                          retrain_epochs=retrain_epochs)
             runs[way][str(seed)] = run
             if echo is not None:
                 t = run["test"]
@@ -401,6 +427,10 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
         summary[way] = {m: list(mean_sd([r["test"][m] for r in rs])) for m in METRICS}
         summary[way]["child_epochs"] = list(mean_sd([float(r["child_epochs"]) for r in rs]))
         summary[way]["seconds"] = list(mean_sd([r["search_seconds"] + r["retrain_seconds"] for r in rs]))
+        summary[way]["val_fitness"] = list(mean_sd([r["val_fitness"] for r in rs]))
+        summary[way]["lucky_gap"] = list(mean_sd([r["lucky_gap"] for r in rs]))
+        noise = [r["val_noise_sd"] for r in rs if r.get("val_noise_sd") is not None]
+        summary[way]["val_noise_sd"] = statistics.fmean(noise) if noise else None
     for name in FIXED_ROWS:
         summary[name] = {m: list(mean_sd([fixed[k][name][m] for k in keys])) for m in METRICS}
     stats = {}
@@ -451,6 +481,13 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
         tail = (f" {_pm(row['child_epochs'], 1):>18} {_pm(row['seconds'], 1):>18}" if way in result["ways"]
                 else f" {'(fixed row)':>18}")
         lines.append(f"  {way:<12} {_pm(row['clean']):>16} {_pm(row['adv']):>16} {_pm(row['fitness']):>16}{tail}")
+    lines.append("validation fitness of each winner: stored by the search, minus its retrained mean (the lucky "
+                 "gap), and the sd over its retrainings (fitness noise), mean over seeds:")
+    for way in result["ways"]:
+        row = result["summary"][way]
+        noise = "n/a" if row["val_noise_sd"] is None else f"{row['val_noise_sd']:.4f}"
+        lines.append(f"  {way:<12} stored {_pm(row['val_fitness'])}  lucky gap {_pm(row['lucky_gap'])}  "
+                     f"noise sd {noise}")
     if result["stats"]:
         lines.append(f"{BASE_WAY} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
                      f"paired t; seeds where {BASE_WAY} is ahead):")
