@@ -31,6 +31,8 @@ Example ``study.toml``::
     lr = "default"             # Adam's PyTorch default (paper)
     cuda_graph = false         # CUDA only: replay each child's step as a CUDA graph (experimental)
     gm_batchnorm = "batch"     # the GM term's BatchNorm: batch | running | detached statistics
+    references = []            # misalign against these too (architecture names, trained and cached like
+                               # [reference]): the GM term is the mean over them and the reference (not the paper's)
 
     [fitness]
     name = "min_clean_adv"     # eq. 4
@@ -113,6 +115,7 @@ class TrainingConfig:
     lr: float | str = "default"
     cuda_graph: bool = False
     gm_batchnorm: str = "batch"
+    references: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -260,6 +263,9 @@ def parse(values: dict[str, Any]) -> RunConfig:
         )
     if (bn := cfg.training.gm_batchnorm) not in ("batch", "running", "detached"):  # gm_loss.BATCHNORM_MODES
         raise ConfigError(f"[training] gm_batchnorm must be one of batch, running, detached, got {bn!r}")
+    refs = cfg.training.references
+    if not all(isinstance(r, str) and r for r in refs) or len(set(refs)) != len(refs):
+        raise ConfigError(f"[training] references must be distinct architecture names, got {refs!r}")
     if cfg.device != "auto" and not cfg.device.startswith(("cpu", "cuda", "mps")):
         raise ConfigError(f"device must be 'auto', 'cpu', 'cuda[:N]' or 'mps', got {cfg.device!r}")
     return cfg

@@ -145,6 +145,10 @@ def check(cfg: RunConfig) -> None:
         architectures.get(ref.arch)
     else:
         architectures.get(ref.name)
+    for name in cfg.training.references:
+        if name not in architectures.names():
+            raise UsageError(f"[training] references: unknown architecture {name!r}; "
+                             f"choose from {', '.join(architectures.names())}")
     check_device(device_for(cfg))
     check_storage(cfg.study.storage)
     check_folder("[study] artifacts", artifact_dir(cfg))
@@ -269,6 +273,17 @@ def make_reference(
     )
 
 
+def gm_references(cfg: RunConfig, data: datasets.Dataset, *, device: str | torch.device | None = None,
+                  echo: Callable[[str], None] | None = None) -> list[Any]:
+    """The networks of ``[training] references`` other than the reference, each trained once and cached as the
+    reference is (same epochs and seed): the GM term misaligns against them too."""
+    return [
+        references.get(name, data, epochs=cfg.reference.epochs, seed=cfg.seed, device=device,
+                       cache_dir=cache_dir(cfg), progress=echo)
+        for name in cfg.training.references if name != cfg.reference.name
+    ]
+
+
 def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | None = None) -> list[str]:
     """What a run will do, in a few lines (printed before any training); ``workers`` as for :func:`worker_count`."""
     s, ref = cfg.search, cfg.reference
@@ -279,6 +294,9 @@ def plan(cfg: RunConfig, data: datasets.Dataset, device: str, *, workers: int | 
         file = references.cached_file(ref.name, data, epochs=ref.epochs, seed=cfg.seed, cache_dir=cache_dir(cfg))
         state = f"cached in {file}" if file is not None else "not cached: it trains now"
         reference = f"{ref.name}, {ref.epochs} epochs ({state})"
+    extra = [name for name in cfg.training.references if name != ref.name]
+    if extra:
+        reference += f"; GM also against {', '.join(extra)} (trained and cached alike)"
     attack = attacks.create(cfg.attack.name, **attack_params(cfg, data.input_shape)).describe()
     last = EpochSchedule(base=s.epochs, step=s.epochs_step, every=s.epochs_every).epochs(s.generations)
     schedule = f"{_count(s.epochs, 'epoch')} per child" + (  # the note only when some generation trains more
@@ -312,9 +330,11 @@ def _count(n: int, one: str, many: str | None = None) -> str:
 def make_objective(
     cfg: RunConfig, data: datasets.Dataset, reference: torch.nn.Module, *, device: str | torch.device | None = None
 ) -> GMObjective:
-    """The GM objective with the resolved attack (adversarial sets and reference gradients cached)."""
+    """The GM objective with the resolved attack (adversarial sets and reference gradients cached), misaligning
+    against the reference and ``[training] references``."""
     return GMObjective(
-        data, reference=reference, attack=cfg.attack.name, attack_params=attack_params(cfg, data.input_shape),
+        data, reference=reference, references=gm_references(cfg, data, device=device),
+        attack=cfg.attack.name, attack_params=attack_params(cfg, data.input_shape),
         lam=cfg.training.lam, loss=cfg.training.loss, fitness=cfg.fitness.name, fitness_params=cfg.fitness.params,
         epochs=cfg.search.epochs, batch_size=cfg.training.batch_size, lr=cfg.learning_rate, device=device,
         cache_dir=cache_dir(cfg), seed=cfg.seed, artifact_store=artifact_dir(cfg),

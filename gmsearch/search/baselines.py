@@ -68,7 +68,7 @@ def train_with_gm(net: nn.Module, objective: GMObjective, *, epochs: int, seed: 
     :func:`~gmsearch.training.loop.train`'s arguments.
     """
     train(
-        net, objective.data, reference=objective.reference, lam=objective.lam, epochs=epochs,
+        net, objective.data, reference=objective.gm_references, lam=objective.lam, epochs=epochs,
         batch_size=objective.batch_size, lr=objective.lr, loss=objective.loss,
         device=objective.device, seed=seed, ref_grads=objective.ref_grads, gm_batchnorm=objective.gm_batchnorm,
         **options,

@@ -18,6 +18,7 @@ import gc
 import logging
 import pickle
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,7 +67,9 @@ class GMObjective:
 
     Args:
         data: Dataset bundle (train / val / test).
-        reference: The frozen reference network.
+        reference: The frozen reference network (the adversarial sets are made from it).
+        references: More frozen networks the GM term misaligns against: it becomes the mean of the terms
+            against the reference and each of these (beyond the paper; ``[training] references``).
         attack: Attack name (or instance) used to make the adversarial sets.
         attack_params: Hyper-parameters of a named attack.
         lam: Weight of the GM loss (eq. 2).
@@ -100,6 +103,7 @@ class GMObjective:
         data: Dataset,
         *,
         reference: nn.Module,
+        references: Sequence[nn.Module] = (),
         attack: str | attacks.Attack = "pgd_linf",
         attack_params: dict[str, Any] | None = None,
         lam: float = 1.0,
@@ -121,6 +125,8 @@ class GMObjective:
         self.device = resolve_device(device)
         self.data = data.to(self.device)
         self.reference = reference.to(self.device).eval()
+        #: Every network the GM term misaligns against: the reference first.
+        self.gm_references = [self.reference, *(r.to(self.device).eval() for r in references)]
         self.attack = attacks.create(attack, **(attack_params or {})) if isinstance(attack, str) else attack
         self.fitness_name = fitness
         self.fitness = fitness_plugins.create(fitness, **(fitness_params or {}))
@@ -148,9 +154,10 @@ class GMObjective:
             artifact_store if isinstance(artifact_store, FileSystemArtifactStore) else None
         )
         self._adversarial_test: AdversarialSet | None = None
-        self.ref_grads = (
-            reference_gradients(self.reference, self.data.train, cache_dir=self.cache_dir) if lam else None
-        )
+        grads = [reference_gradients(r, self.data.train, cache_dir=self.cache_dir) for r in self.gm_references] \
+            if lam else []
+        #: The references' input gradients on the training split (K x its shape for K > 1 references).
+        self.ref_grads = (grads[0] if len(grads) == 1 else torch.stack(grads)) if grads else None
 
     def _adversarial(self, split: str) -> AdversarialSet:
         part = getattr(self.data, split)
@@ -166,7 +173,8 @@ class GMObjective:
         return self._adversarial_test
 
     def describe(self) -> str:
-        return f"lam={self.lam}, loss={self.loss}, fitness={self.fitness_name}, attack={self.attack.describe()}"
+        refs = f", references={len(self.gm_references)}" if len(self.gm_references) > 1 else ""
+        return f"lam={self.lam}, loss={self.loss}{refs}, fitness={self.fitness_name}, attack={self.attack.describe()}"
 
     def build(self, genome: Genome) -> nn.Module:
         channels, h, w = self.data.input_shape
@@ -198,7 +206,7 @@ class GMObjective:
                 epochs = max(1, round(epochs * self.inherit_epochs))
             start = time.perf_counter()
             history = train(
-                net, self.data, reference=self.reference, lam=self.lam, epochs=epochs,
+                net, self.data, reference=self.gm_references, lam=self.lam, epochs=epochs,
                 batch_size=self.batch_size, lr=self.lr, loss=self.loss, device=self.device,
                 seed=self.seed + trial.number, on_epoch=reports, ref_grads=self.ref_grads,
                 adversarial_val=self.adversarial_val, fitness=self.fitness, cuda_graph=self.cuda_graph,

@@ -125,7 +125,7 @@ def refine(
         logger.info("refining trial %d for %d epochs", trial.number, epochs)
         try:
             trained = train(
-                net, data, reference=objective.reference, lam=objective.lam, epochs=epochs,
+                net, data, reference=objective.gm_references, lam=objective.lam, epochs=epochs,
                 batch_size=objective.batch_size, lr=objective.lr, loss=objective.loss, device=objective.device,
                 seed=objective.seed + trial.number + 1, ref_grads=objective.ref_grads,
             )

@@ -148,10 +148,19 @@ def _check_shapes(x: Tensor, y: Tensor, ref_grad: Tensor) -> None:
         raise ValueError(f"x must be N x C x H x W, got shape {tuple(x.shape)}")
     if y.shape != (x.shape[0],):
         raise ValueError(f"y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-    if ref_grad.shape != x.shape:
+    if ref_grad.shape != x.shape and (ref_grad.dim() != 5 or ref_grad.shape[1:] != x.shape or not len(ref_grad)):
         raise ValueError(
-            f"ref_grad must have the shape of x {tuple(x.shape)}, got {tuple(ref_grad.shape)}"
+            f"ref_grad must have the shape of x {tuple(x.shape)} (one reference) or K x {tuple(x.shape)} "
+            f"(K references), got {tuple(ref_grad.shape)}"
         )
+
+
+def misalignment(grad: Tensor, ref_grad: Tensor, reduce: GMReduction) -> Tensor:
+    """The GM term of the child's input gradients ``grad`` against one reference's (``ref_grad`` shaped like
+    ``grad``) or the mean of the terms against K references' (``ref_grad`` K x ``grad``'s shape)."""
+    if ref_grad.dim() == grad.dim():
+        return reduce(cosine_per_sample(grad, ref_grad))
+    return torch.stack([reduce(cosine_per_sample(grad, g)) for g in ref_grad]).mean()
 
 
 def gm_objective(
@@ -170,7 +179,9 @@ def gm_objective(
         child: The network being trained.
         x: Inputs, N x C x H x W.
         y: Labels, shape [N].
-        ref_grad: The reference's input gradients for (x, y), same shape as x.
+        ref_grad: The reference's input gradients for (x, y), same shape as x; or K references' stacked
+            (K x x's shape): the GM term is then the mean of the K terms (beyond the paper: misalign against
+            several references, ``[training] references``).
         variant: Registered reduction of the per-sample cosines.
         fast_double_backward: Differentiate BatchNorm, ReLU, ``cat`` and
             adaptive average pooling twice through cheaper closed forms (the
@@ -208,8 +219,7 @@ def gm_objective(
         (grad,) = torch.autograd.grad(per_sample.sum(), x, create_graph=True)
     finally:
         phase.active = False
-    gm = reduce(cosine_per_sample(grad, ref_grad))
-    return ce, gm
+    return ce, misalignment(grad, ref_grad, reduce)
 
 
 def gradient_misalignment(

@@ -26,7 +26,7 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, cast
@@ -202,7 +202,7 @@ def train(
     net: nn.Module,
     data: Dataset,
     *,
-    reference: nn.Module | None = None,
+    reference: nn.Module | Sequence[nn.Module] | None = None,
     lam: float = 1.0,
     epochs: int = 20,
     batch_size: int = 128,
@@ -229,7 +229,8 @@ def train(
     Args:
         net: The network to train (modified in place, moved to ``device``).
         data: Dataset bundle; ``train`` is trained on, ``val`` is reported.
-        reference: Frozen reference network; needed when ``lam != 0``.
+        reference: Frozen reference network; needed when ``lam != 0``. Several (a list) make the GM term the
+            mean of the per-reference terms.
         lam: Weight of the GM loss; 0 gives plain cross-entropy.
         epochs: Number of passes over the training split.
         batch_size: Mini-batch size (paper: 128).
@@ -238,7 +239,7 @@ def train(
         device: Where to train; default CUDA if available, else CPU.
         seed: Fixes batch order.
         trial: Optuna trial to ``report`` per-epoch values to (pruners work).
-        ref_grads: Precomputed reference input gradients for ``data.train``.
+        ref_grads: Precomputed reference input gradients for ``data.train`` (K x its shape for K references).
         augment: Optional transform of each input batch; reference gradients
             are then computed on the fly.
         adversarial_val: Adversarial validation set (``.x``, ``.y``) measured
@@ -279,7 +280,8 @@ def train(
     if not math.isfinite(lam):
         raise ValueError(f"lam must be finite, got {lam}")
     use_gm = lam != 0.0
-    if use_gm and reference is None:
+    refs = [] if reference is None else [reference] if isinstance(reference, nn.Module) else list(reference)
+    if use_gm and not refs:
         raise ValueError("lam != 0 needs a reference network (pass reference=...)")
     if trial is not None and on_epoch is not None:
         raise ValueError("pass trial or on_epoch, not both (on_epoch replaces reporting to the trial)")
@@ -292,10 +294,11 @@ def train(
     x_train, y_train = data.train.x.to(dev), data.train.y.to(dev)
     x_val, y_val = data.val.x.to(dev), data.val.y.to(dev)
     if use_gm:
-        assert reference is not None
-        reference.to(dev).eval()
+        for ref in refs:
+            ref.to(dev).eval()
         if augment is None and ref_grads is None:
-            ref_grads = reference_gradients(reference, data.train.to(dev), cache_dir=cache_dir)
+            grads = [reference_gradients(ref, data.train.to(dev), cache_dir=cache_dir) for ref in refs]
+            ref_grads = grads[0] if len(grads) == 1 else torch.stack(grads)
         if ref_grads is not None:
             ref_grads = ref_grads.to(dev)
     if channels_last if channels_last is not None else dev.type == "cuda":
@@ -324,9 +327,12 @@ def train(
         if augment is not None:
             xb = augment(xb)
         gb = None
-        if use_gm:
-            assert reference is not None
-            gb = losses.input_gradients(reference, xb, yb) if augment is not None else ref_grads[idx]  # type: ignore[index]
+        if use_gm and augment is not None:  # on the fly: the transformed batch's own reference gradients
+            made = [losses.input_gradients(ref, xb, yb) for ref in refs]
+            gb = made[0] if len(made) == 1 else torch.stack(made)
+        elif use_gm:
+            assert ref_grads is not None
+            gb = ref_grads[idx] if ref_grads.dim() == xb.dim() else ref_grads[:, idx]
         return run_step(xb, yb, gb)
 
     def measure(record: dict[str, float]) -> None:
