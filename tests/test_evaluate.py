@@ -126,3 +126,25 @@ def test_matrix_round_trips_through_a_dict() -> None:
                            split="test", n_images=8)
     assert TransferEvaluation.from_dict(m.as_dict()) == m
     assert "white-box" in m.to_text() and "r/mi_fgsm" in m.to_text()
+
+
+def test_another_study_as_source_and_sgm_only_where_there_are_skips(
+    study: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    import gmsearch as gms
+    from gmsearch.report.evaluate import usable
+
+    storage, _ = study
+    assert _evaluate(storage, "--sources", "study:tiny", "--attacks", "fgsm") == 0
+    out = capsys.readouterr().out
+    assert "source study:tiny: its best candidate, trial " in out
+    result = load_transfer(optuna.load_study(study_name="tiny", storage=storage))
+    assert result is not None and result.pairs == ("study:tiny/fgsm",)
+    assert result.acc[0][0] < result.clean[0]  # NE+GM's own FGSM set is white-box for it
+    assert _evaluate(storage, "--sources", "study:", "--attacks", "fgsm") == 2
+    assert "unknown source 'study:'" in capsys.readouterr().err
+
+    sgm, fgsm = attacks.create("sgm"), attacks.create("fgsm")
+    plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
+    assert not usable(sgm, plain) and usable(fgsm, plain)
+    assert usable(sgm, gms.build(gms.zoo.genome("hand_a"), 1, 10, 8))  # sum/concat blocks: skips

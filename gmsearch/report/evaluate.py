@@ -7,7 +7,12 @@ Sources (the attacker's models, each trained once and cached as references are):
   training (Wong et al. 2020) at a quarter of the ``pgd_linf`` budget's ``eps``: a slightly robust reference;
 - any architecture name (``resnet18``, ``vgg11_bn``, ``densenet121``, ``squeezenet1_1``, ``hand_b``, ...):
   an independently trained network (plain cross-entropy, seed ``seed + 7`` as the paper scripts' sources);
-- ``ensemble:a+b+c``: one attack against the averaged logits of those sources.
+- ``ensemble:a+b+c``: one attack against the averaged logits of those sources;
+- ``study:NAME``: the best candidate of another study in the same storage, e.g. another way's or another
+  seed's search (an evolved network as the attacker's model; it must take the same images).
+
+A source an attack cannot use (``sgm`` on a network without skip connections) leaves that pair out, and
+says so.
 
 Every (source, attack) pair makes one adversarial set of the test split (the attack's default budget for
 the dataset, :func:`gmsearch.pipeline.attack_params` without the config's ``[attack] params``, so every
@@ -54,6 +59,7 @@ WHITE_BOX = "pgd_linf"
 #: ``reference_at``'s training budget: this share of the white-box attack's ``eps``.
 AT_EPS_SHARE = 0.25
 ENSEMBLE_PREFIX = "ensemble:"
+STUDY_PREFIX = "study:"
 #: ``--quick``: test images, source / baseline epochs.
 QUICK_IMAGES, QUICK_EPOCHS = 64, 1
 
@@ -119,13 +125,14 @@ def _is_architecture(name: str) -> bool:
 
 def check_names(sources: Sequence[str], attack_names: Sequence[str]) -> None:
     """One :class:`UsageError` line for an unknown source or attack name (before anything trains)."""
-    known = ["reference", "reference_at", *architectures.names(), "ensemble:a+b+..."]
+    known = ["reference", "reference_at", *architectures.names(), "ensemble:a+b+...", "study:NAME"]
     if not sources or not attack_names:
         raise UsageError("evaluate needs at least one source and one attack")
     for source in sources:
         parts = source[len(ENSEMBLE_PREFIX):].split("+") if source.startswith(ENSEMBLE_PREFIX) else [source]
         for part in parts:
-            if part not in ("reference", "reference_at") and not _is_architecture(part):
+            named_study = part.startswith(STUDY_PREFIX) and len(part) > len(STUDY_PREFIX)
+            if part not in ("reference", "reference_at") and not _is_architecture(part) and not named_study:
                 raise UsageError(f"unknown source {part!r}; sources: {', '.join(known)}")
     allowed = [n for n in attacks.names() if n != "ensemble"]
     for name in attack_names:
@@ -197,6 +204,12 @@ class _Networks:
             return self.reference
         if name.startswith(ENSEMBLE_PREFIX):
             return attacks.ModelEnsemble([self.source(p) for p in name[len(ENSEMBLE_PREFIX):].split("+")])
+        if name.startswith(STUDY_PREFIX):
+            other = open_study(self.cfg.study.storage, name[len(STUDY_PREFIX):])
+            best = _choose(other, None, False)[0]
+            self.say(f"source {name}: its best candidate, trial {best.number}")
+            return load_trial_model(best, self.objective.artifact_store, self.data,
+                                    device=self.objective.device).eval()
         if name == "reference_at":
             budget = pipeline.attack_params(self.cfg, self.data.input_shape, name=WHITE_BOX, overrides={})
             eps = AT_EPS_SHARE * float(budget["eps"])
@@ -248,6 +261,20 @@ def score(networks: dict[str, nn.Module], sets: dict[str, Tensor], x: Tensor, y:
         networks=tuple(networks), pairs=tuple(sets), acc=tuple(acc), worst=tuple(worst), all=tuple(every),
         clean=tuple(clean), white_box=tuple(wb), attacks=attack_names, split=split, n_images=len(y),
     )
+
+
+def usable(attack: attacks.Attack, source: nn.Module) -> bool:
+    """Whether ``attack`` can run on ``source`` (SGM needs a skip connection it knows)."""
+    from gmsearch.attacks.sgm import SGM, skip_gradient_hooks
+    from gmsearch.registry import PluginError
+
+    if not isinstance(attack, SGM):
+        return True
+    try:
+        with skip_gradient_hooks(source, attack.gamma):
+            return True
+    except PluginError:
+        return False
 
 
 def evaluate_transfer(
@@ -323,6 +350,9 @@ def evaluate_transfer(
     for source in sources:
         model = nets.source(source)
         for name, atk in made.items():
+            if not usable(atk, model):
+                say(f"{source}/{name}: left out ({name} needs a source with skip connections)")
+                continue
             say(f"adversarial set {source}/{name} ({len(y)} test images; cached)")
             sets[f"{source}/{name}"] = attacks.adversarial_set(model, x, y, atk, cache_dir=cache_dir, tag="test").x
     pgd = attacks.create(WHITE_BOX, **pipeline.attack_params(cfg, data.input_shape, name=WHITE_BOX, overrides={}))
