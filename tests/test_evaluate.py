@@ -148,3 +148,29 @@ def test_another_study_as_source_and_sgm_only_where_there_are_skips(
     plain = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.Flatten(), torch.nn.LazyLinear(10))
     assert not usable(sgm, plain) and usable(fgsm, plain)
     assert usable(sgm, gms.build(gms.zoo.genome("hand_a"), 1, 10, 8))  # sum/concat blocks: skips
+
+
+def test_transfer_matrix_script_averages_seeds_and_pairs_ne_gm_with_baselines(
+    study: tuple[str, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks import transfer_matrix
+
+    def seed(ne: float, ref_gm: float) -> TransferEvaluation:
+        nets = ("NE+GM (trial 3)", "Ref", "Ref+GM", "HE+GM")
+        acc = ((ne, ne + 0.1), (0.0, 0.1), (ref_gm, 0.9), (0.5, 0.5))
+        return TransferEvaluation(networks=nets, pairs=("r/a", "r/b"), acc=acc, worst=tuple(min(a) for a in acc),
+                                  all=(ne - 0.1, 0.0, ref_gm - 0.1, 0.4), clean=(1.0,) * 4, white_box=(0.0,) * 4,
+                                  attacks={}, split="test", n_images=10)
+
+    table = transfer_matrix.aggregate([seed(0.6, 0.5), seed(0.8, 0.4)])
+    assert table["rows"]["worst"]["NE+GM"] == [0.6, 0.8] and table["rows"]["r/b"]["Ref+GM"] == [0.9, 0.9]
+    text = "\n".join(transfer_matrix.lines(table, [0, 1], 1.0))
+    assert "70.0 +- 14.1" in text  # NE+GM worst: mean 0.7, sd 0.1414
+    # NE+GM - Ref+GM on worst: diffs 0.1, 0.4: mean 0.25, sd 0.2121, t(0.95, 1) = 6.3138 -> 0.25 - 0.9470
+    assert "vs Ref+GM  worst +25.0 (>= -69.7, 2/2)" in text
+
+    storage, _ = study
+    assert transfer_matrix.main(["--quick", "--storage", storage, "--study", "tiny", "--seeds", "0",
+                                 "--sources", "reference", "--attacks", "fgsm", "mi_fgsm"]) == 0
+    out = capsys.readouterr().out
+    assert "reference/mi_fgsm" in out and "vs HE+GM" in out and "(>= n/a, " in out
