@@ -225,3 +225,27 @@ def test_a_study_from_before_sampler_plugins_resumes_as_niche_without_a_warning(
     with caplog.at_level(logging.WARNING):
         random_way.optimize(objective, n_trials=1)
     assert "other sampler settings (sampler)" in caplog.text
+
+
+def test_niche_immigrants_draw_children_from_the_prior_instead_of_mutating() -> None:
+    def children(immigrants: float) -> list[str]:
+        study = optuna.create_study(direction="maximize", sampler=make("niche", immigrants=immigrants))
+        study.optimize(objective, n_trials=PLANNED)
+        return [json.dumps(t.system_attrs[GENOME_KEY]) for t in done(study) if t.number >= S]
+
+    paper, every, none = children(0.0), children(1.0), children(0.0)
+    assert paper == none  # the default draws nothing extra: the paper's children, genome for genome
+    assert len(every) == len(paper) and every != paper
+    # an immigrant is drawn as a fresh genome is: the same draw as a random-search trial with that trial's rng
+    sampler = make("niche", immigrants=1.0)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(objective, n_trials=S + 1)
+    child = study.trials[S]
+    rng = random.Random(trial_seed(SEED, child.number))
+    rng.random()  # the immigrant draw
+    fresh = mutations.random_genome_far_from([], 0.0, rng, budget=sampler.budget)
+    assert gms.genome_of(child) == fresh and child.user_attrs[PARENT_KEY] in range(S)
+    assert sampler.config()["immigrants"] == 1.0 and "immigrants" not in make("niche").config()
+    for bad in (-0.1, 1.5, True):
+        with pytest.raises(ValueError, match="immigrants must be a share in"):
+            make("niche", immigrants=bad)

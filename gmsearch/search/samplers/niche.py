@@ -63,11 +63,13 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
+from typing import Any
 
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from gmsearch.nets.genome import Genome
+from gmsearch.search import mutations
 from gmsearch.search._optuna_private import storage_of, trial_id_of
 from gmsearch.search.census import Census
 from gmsearch.search.samplers._base import GenomeSampler, registry
@@ -101,6 +103,11 @@ class NicheEvolutionSampler(GenomeSampler):
         spectrum_scale: Per-dimension weights of the spectrum distance.
         seed: Fixes every genome (a trial's randomness derives from seed and
             trial number, so results do not depend on which worker ran it).
+        immigrants: Share of children drawn fresh from the initial-population
+            prior instead of mutated from their parent ("random immigrants",
+            Grefenstette 1992; not the paper's: default 0). An immigrant keeps
+            its turn's parent as ``gmsearch:parent`` and competes like any child
+            (it replaces the candidate closest to it when better).
 
     Example:
         >>> sampler = NicheEvolutionSampler(population_size=4, n_children=2, seed=0)
@@ -108,6 +115,15 @@ class NicheEvolutionSampler(GenomeSampler):
     """
 
     name = "niche"
+
+    def __init__(self, *, immigrants: float = 0.0, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if isinstance(immigrants, bool) or not 0.0 <= immigrants <= 1.0:
+            raise ValueError(f"immigrants must be a share in [0, 1], got {immigrants!r}")
+        self.immigrants = float(immigrants)
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), **({"immigrants": self.immigrants} if self.immigrants else {})}
 
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
@@ -131,6 +147,8 @@ class NicheEvolutionSampler(GenomeSampler):
             slot = (k // self.n_children) % self.population_size
             parent_trial = slots[slot % len(slots)]
             parent = parent_trial.number
+        if self.immigrants and rng.random() < self.immigrants:
+            return mutations.random_genome_far_from([], 0.0, rng, budget=self.budget), parent, generation
         return self.mutate(genome_of(parent_trial), rng), parent, generation
 
     def on_complete(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], values: Sequence[float]) -> None:
