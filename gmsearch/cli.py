@@ -157,11 +157,11 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import optuna
 
     from gmsearch import interrupt
-    from gmsearch.evaluation.compare import compare, compare_lines, parse_seeds
+    from gmsearch.evaluation.compare import compare, compare_lines, parse_seeds, parse_ways
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ways, seeds = [w.strip() for w in args.ways.split(",") if w.strip()], parse_seeds(args.seeds)
+    ways, seeds = parse_ways(args.ways), parse_seeds(args.seeds)
     print(f"gmsearch compare {args.config}: ways {', '.join(ways)}, seeds {', '.join(map(str, seeds))}"
           f"{' (quick smoke run)' if args.quick else ''}", flush=True)
     with interrupt.stop_on_sigint():
@@ -279,7 +279,8 @@ def make_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare ways of spending the budget (samplers) at equal child-epochs")
     cmp.add_argument("config", help="TOML config file (its [study] name prefixes every study of the comparison)")
     cmp.add_argument("--ways", default="niche,random,regularized,restarts",
-                     help="comma-separated sampler names (default niche,random,regularized,restarts)")
+                     help="comma-separated sampler names, each with optional params: niche[immigrants=0.5] "
+                          "(default niche,random,regularized,restarts)")
     cmp.add_argument("--seeds", default="0-4", help="a range (0-4) or a list (0,1,2) of seeds (default 0-4)")
     cmp.add_argument("--repeats", type=_positive, default=3, metavar="R",
                      help="fresh initialisations each winner is retrained with (default 3)")

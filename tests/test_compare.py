@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from pathlib import Path
 
 import optuna
@@ -91,6 +92,28 @@ def test_seeds_and_ways_are_checked_in_one_line() -> None:
         cmp.parse_seeds("0-x")
     with pytest.raises(UsageError, match="unknown \\['nope'\\]; choose from niche, random"):
         cmp.compare(parse({}), ways=["niche", "nope"], seeds=[0])
+
+
+def test_way_variants_carry_sampler_params_into_their_own_studies(tmp_path: Path) -> None:
+    ways = cmp.parse_ways("niche, random,niche[immigrants=0.5, mutations_per_child=[2, 3]],regularized[sample_size=2]")
+    assert ways == ["niche", "random", "niche[immigrants=0.5, mutations_per_child=[2, 3]]",
+                    "regularized[sample_size=2]"]
+    assert cmp.split_way(ways[2]) == ("niche", {"immigrants": 0.5, "mutations_per_child": [2, 3]})
+    assert cmp.way_label(ways[2]) == "niche-immigrants0.5-mutations_per_child[2,3]"
+    cfg = parse({"study": {"name": "c"}, "search": {"sampler_params": {"immigrants": 0.25}}})
+    variant = cmp.way_config(cfg, "niche[mutations_per_child=[2, 3]]", 4)
+    assert variant.search.sampler == "niche" and variant.seed == 4
+    assert variant.search.sampler_params == {"immigrants": 0.25, "mutations_per_child": [2, 3]}  # over the config's
+    assert variant.study.name == "c-niche-mutations_per_child[2,3]-s4"
+    plain = cmp.way_config(cfg, "random", 1)
+    assert plain.search.sampler_params == {} and plain.study.name == "c-random-s1"  # the studies of plain ways
+    for bad in ("niche[immigrants=]", "niche[immigrants=0.5"):
+        with pytest.raises(UsageError, match=f"way {re.escape(repr(bad))}"):
+            cmp.split_way(bad)
+    storage = f"sqlite:///{tmp_path}/w.db"
+    with pytest.raises(ValueError, match="immigrants must be a share in"):  # checked before anything trains
+        cmp.compare(parse({"study": {"storage": storage}}), ways=["niche", "niche[immigrants=2.0]"], seeds=[0])
+    assert not list(tmp_path.glob("*.pt"))
 
 
 def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(

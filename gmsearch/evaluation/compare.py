@@ -189,14 +189,55 @@ def quick_config(cfg: RunConfig) -> RunConfig:
     return cfg
 
 
+def parse_ways(text: str) -> list[str]:
+    """``niche,random,niche[immigrants=0.5]`` -> the way specs (commas inside brackets belong to the spec)."""
+    ways, depth, part = [], 0, ""
+    for char in text:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth == 0:
+            ways.append(part.strip())
+            part = ""
+        else:
+            part += char
+    ways.append(part.strip())
+    return [w for w in ways if w]
+
+
+def split_way(way: str) -> tuple[str, dict[str, Any]]:
+    """A way spec's sampler name and sampler params: ``niche[immigrants=0.5, mutations_per_child=[2, 3]]`` ->
+    ``("niche", {"immigrants": 0.5, "mutations_per_child": [2, 3]})`` (values in TOML syntax)."""
+    name, bracket, rest = way.partition("[")
+    if not bracket:
+        return way.strip(), {}
+    if not rest.endswith("]"):
+        raise UsageError(f"way {way!r}: write a sampler name with optional params, e.g. niche[immigrants=0.5]")
+    import tomllib
+
+    try:
+        params = tomllib.loads(f"p = {{ {rest[:-1]} }}")["p"]
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"way {way!r}: its params must be TOML key = value pairs ({exc})") from None
+    return name.strip(), params
+
+
+def way_label(way: str) -> str:
+    """The way's part of its study names: ``niche[immigrants=0.5]`` -> ``niche-immigrants0.5``."""
+    name, params = split_way(way)
+    suffix = "".join(f"-{k}{str(v).replace(' ', '')}" for k, v in sorted(params.items()))
+    return f"{name}{suffix}"
+
+
 def way_config(cfg: RunConfig, way: str, seed: int) -> RunConfig:
-    """``cfg`` for one way and seed: its study ``<study>-<way>-s<seed>``, its sampler and seed."""
+    """``cfg`` for one way and seed: its study ``<study>-<way label>-s<seed>``, its sampler (with the spec's
+    params over the configured ones of the same sampler) and seed."""
+    name, params = split_way(way)
     out = copy.deepcopy(cfg)
     out.seed = seed
-    if way != cfg.search.sampler:
+    if name != cfg.search.sampler:
         out.search.sampler_params = {}  # the configured params belong to the configured way
-    out.search.sampler = way
-    out.study.name = f"{cfg.study.name}-{way}-s{seed}"
+    out.search.sampler_params = {**out.search.sampler_params, **params}
+    out.search.sampler = name
+    out.study.name = f"{cfg.study.name}-{way_label(way)}-s{seed}"
     return out
 
 
@@ -357,7 +398,8 @@ def compare(
 
     Args:
         config: A :class:`~gmsearch.config.RunConfig` or the path of its TOML file.
-        ways: Sampler names (``gmsearch plugins`` lists them); niche is compared with each other way.
+        ways: Sampler names (``gmsearch plugins`` lists them), each with optional sampler params in brackets
+            (``niche[immigrants=0.5]``: a variant, its own studies); niche is compared with each other way.
         seeds: One data split, reference and adversarial sets per seed; the ways are paired by seed.
         repeats: Fresh initialisations each winner (and HE+GM) is retrained with.
         budget: Child-epochs each way spends (default: the niche search's planned child-epochs).
@@ -374,7 +416,7 @@ def compare(
     cfg = config_module.load(config) if isinstance(config, str | Path) else copy.deepcopy(config)
     cfg = quick_config(cfg) if quick else cfg
     ways, seeds = list(dict.fromkeys(ways)), list(seeds)
-    unknown = [w for w in ways if w not in samplers.names()]
+    unknown = [w for w in ways if split_way(w)[0] not in samplers.names()]
     if unknown or not ways:
         raise UsageError(f"--ways {','.join(ways)}: unknown {unknown}; choose from {', '.join(samplers.names())}")
     if repeats < 1:
