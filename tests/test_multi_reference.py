@@ -89,3 +89,16 @@ def test_config_names_the_references_and_the_objective_stacks_their_gradients(
     assert torch.allclose(objective.ref_grads[1], losses.input_gradients(extra[0], data.train.x, data.train.y),
                           atol=1e-6)
     assert "references=2" in objective.describe()
+
+
+def test_the_multi_reference_benchmark_runs_both_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import bench_multi_reference as bench
+
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    for label in ("Ref+GM", "HE+GM"):
+        assert f"  {label:<7} one: clean" in out and f"  {label:<7} two - one (paired): clean" in out
+    fake = {s: {"Ref+GM": {st: {"clean": 0.9, "reference": 0.5, "worst": w, "all": w - 0.1}
+                           for st, w in (("one", 0.5 + s / 10), ("two", 0.6 + s / 5))}} for s in (0, 1)}
+    text = "\n".join(bench.lines(fake))  # worst: two - one = 0.1, 0.2 -> +15.0, sd 7.07, t 6.3138 -> -16.6
+    assert "worst +15.0 (>= -16.6, 2/2)" in text and "worst 55.0 +- 7.1" in text

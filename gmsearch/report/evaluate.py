@@ -160,7 +160,7 @@ def _config(study: optuna.Study) -> config.RunConfig:
     return config.parse(stored)
 
 
-class _Networks:
+class Networks:
     """Sources and baselines of one evaluation, each trained once and cached (progress through ``say``)."""
 
     def __init__(self, cfg: config.RunConfig, objective: GMObjective, *, source_epochs: int, baseline_epochs: int,
@@ -263,6 +263,21 @@ def score(networks: dict[str, nn.Module], sets: dict[str, Tensor], x: Tensor, y:
     )
 
 
+def transfer_sets(nets: Networks, sources: Sequence[str], made: dict[str, attacks.Attack], x: Tensor, y: Tensor,
+                  *, say: Callable[[str], None]) -> dict[str, Tensor]:
+    """``source/attack`` -> the adversarial test images of each usable pair (cached in the config's cache)."""
+    sets: dict[str, Tensor] = {}
+    for source in sources:
+        model = nets.source(source)
+        for name, atk in made.items():
+            if not usable(atk, model):
+                say(f"{source}/{name}: left out ({name} needs a source with skip connections)")
+                continue
+            say(f"adversarial set {source}/{name} ({len(y)} test images; cached)")
+            sets[f"{source}/{name}"] = attacks.adversarial_set(model, x, y, atk, cache_dir=nets.cache_dir, tag="test").x
+    return sets
+
+
 def usable(attack: attacks.Attack, source: nn.Module) -> bool:
     """Whether ``attack`` can run on ``source`` (SGM needs a skip connection it knows)."""
     from gmsearch.attacks.sgm import SGM, skip_gradient_hooks
@@ -330,7 +345,7 @@ def evaluate_transfer(
     reference = pipeline.make_reference(cfg, data, device=dev, echo=say)
     objective = pipeline.make_objective(cfg, data, reference, device=dev)
     epochs_default = int(chosen[0].user_attrs.get("epochs", cfg.search.epochs))
-    nets = _Networks(cfg, objective, say=say,
+    nets = Networks(cfg, objective, say=say,
                      source_epochs=source_epochs or (QUICK_EPOCHS if quick else cfg.reference.epochs),
                      baseline_epochs=baseline_epochs or (QUICK_EPOCHS if quick else epochs_default))
     limit = n_images or (QUICK_IMAGES if quick else None)
@@ -346,15 +361,7 @@ def evaluate_transfer(
     cache_dir = pipeline.cache_dir(cfg)
     made = {name: attacks.create(name, **pipeline.attack_params(cfg, data.input_shape, name=name, overrides={}))
             for name in attack_names}
-    sets: dict[str, Tensor] = {}
-    for source in sources:
-        model = nets.source(source)
-        for name, atk in made.items():
-            if not usable(atk, model):
-                say(f"{source}/{name}: left out ({name} needs a source with skip connections)")
-                continue
-            say(f"adversarial set {source}/{name} ({len(y)} test images; cached)")
-            sets[f"{source}/{name}"] = attacks.adversarial_set(model, x, y, atk, cache_dir=cache_dir, tag="test").x
+    sets = transfer_sets(nets, sources, made, x, y, say=say)
     pgd = attacks.create(WHITE_BOX, **pipeline.attack_params(cfg, data.input_shape, name=WHITE_BOX, overrides={}))
     white: dict[str, Tensor] = {}
     for name, net in networks.items():
