@@ -118,7 +118,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", default=str(Path(__file__).with_name("compare_digits.toml")))
     parser.add_argument("--seeds", default="0-2")
     parser.add_argument("--epochs", type=int, default=8, help="GM training epochs of Ref+GM and HE+GM")
-    parser.add_argument("--quick", action="store_true", help="8x8 digits (20 train, 10 test images per class), 2-epoch networks, one seed")
+    parser.add_argument("--quick", action="store_true",
+                        help="8x8 digits (20 train, 10 test images per class), 2-epoch networks, one seed")
     parser.add_argument("--workdir", default=None, help="caches and artifacts here instead of the config's folders "
                                                         "(--quick: a fresh temporary folder)")
     args = parser.parse_args(argv)
