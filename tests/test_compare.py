@@ -58,6 +58,9 @@ def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed
     assert "niche        0.7750 +- 0.1708" in text  # clean = fitness + 0.1: mean 0.775, sd 0.17078
     assert result["curves"]["niche"]["mean"][-1] == pytest.approx(0.675)
     assert result["summary"]["niche"]["lucky_gap"][0] == pytest.approx(0.1)
+    # niche's curve is one point [2, f]: it reaches random's final best where its own f is at least as high
+    assert result["anytime"]["random"] == [2.0, 2.0, None, 2.0]
+    assert "  random       2, 2, never, 2; median 50% of the budget where reached" in text
     assert "niche        stored 0.7250 +- 0.1708  lucky gap 0.1000 +- 0.0000  noise sd 0.0200" in text
 
     single = cmp.summarize(["niche", "random"], [0], {w: {"0": r["0"]} for w, r in runs.items()},

@@ -136,6 +136,11 @@ def best_so_far(study: optuna.Study) -> list[list[float]]:
     return points
 
 
+def epochs_to_reach(curve: Sequence[Sequence[float]], target: float) -> float | None:
+    """The child-epochs after which a best-so-far ``curve`` first reaches ``target`` (None: never)."""
+    return next((x for x, y in curve if y >= target), None)
+
+
 def band(curves: Sequence[Sequence[Sequence[float]]], *, points: int = 50) -> dict[str, list[float]]:
     """Step curves (``[x, y]`` points) of several seeds on one grid of x: their mean, lowest and highest y
     (a grid point before a curve's first point is left out of that curve)."""
@@ -482,8 +487,12 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
                 stats[way] = {m: paired_stats([runs[BASE_WAY][k]["test"][m] for k in keys],
                                               [runs[way][k]["test"][m] for k in keys]) for m in METRICS}
     curves = {way: band([runs[way][k]["curve"] for k in keys]) for way in ways}
+    # anytime: the child-epochs niche needs to reach each other way's final best validation fitness
+    anytime = {way: [epochs_to_reach(runs[BASE_WAY][k]["curve"], runs[way][k]["curve"][-1][1])
+                     if runs[way][k]["curve"] else None for k in keys]
+               for way in stats}
     return {"ways": list(ways), "seeds": list(seeds), "runs": runs, "fixed": fixed, "summary": summary,
-            "stats": stats, "curves": curves}
+            "stats": stats, "curves": curves, "anytime": anytime}
 
 
 def stored_result(cfg: RunConfig) -> dict[str, Any]:
@@ -540,4 +549,13 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
                 low = "n/a" if st["lower95"] is None else f"{st['lower95']:+.4f}"
                 cells.append(f"{m} {st['mean_diff']:+.4f} (>= {low}, {st['wins']}/{st['n']})")
             lines.append(f"  vs {way:<9} " + "; ".join(cells))
+    if result.get("anytime"):
+        lines.append(f"child-epochs {BASE_WAY} needed to reach each way's final best validation fitness, per seed "
+                     f"(never: not within the budget of {result['budget']}):")
+        for way, reach in result["anytime"].items():
+            per_seed = ", ".join("never" if r is None else f"{r:.0f}" for r in reach)
+            reached = [r for r in reach if r is not None]
+            share = f"; median {statistics.median(reached) / result['budget']:.0%} of the budget where reached" \
+                if reached else ""
+            lines.append(f"  {way:<12} {per_seed}{share}")
     return lines
