@@ -24,6 +24,7 @@ Run (the README's matrix; the searches come from
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import sys
 import time
@@ -92,6 +93,15 @@ def lines(table: dict[str, Any], seeds: Sequence[int], seconds: float) -> list[s
     return out
 
 
+def templated(result: TransferEvaluation, names: dict[str, str]) -> TransferEvaluation:
+    """``result`` with each pair's source named as given (``study:x-s{seed}``), so seeds line up."""
+    pairs = []
+    for pair in result.pairs:
+        source, _, attack = pair.rpartition("/")
+        pairs.append(f"{names.get(source, source)}/{attack}")
+    return dataclasses.replace(result, pairs=tuple(pairs))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--storage", required=True)
@@ -112,9 +122,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         study = args.study.format(seed=seed)
         sources = [s.format(seed=seed) for s in args.sources]
         print(f"seed {seed}: evaluating {study}", flush=True)
-        results.append(gms.evaluate_transfer(args.storage, study, sources=sources, attack_names=args.attacks,
-                                             quick=args.quick, source_epochs=args.source_epochs,
-                                             n_images=args.images, echo=lambda line: print(f"  {line}", flush=True)))
+        result = gms.evaluate_transfer(args.storage, study, sources=sources, attack_names=args.attacks,
+                                       quick=args.quick, source_epochs=args.source_epochs,
+                                       n_images=args.images, echo=lambda line: print(f"  {line}", flush=True))
+        results.append(templated(result, dict(zip(sources, args.sources, strict=True))))
     for line in lines(aggregate(results), seeds, time.perf_counter() - start):
         print(line)
     return 0

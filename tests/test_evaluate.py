@@ -169,6 +169,9 @@ def test_transfer_matrix_script_averages_seeds_and_pairs_ne_gm_with_baselines(
     # NE+GM - Ref+GM on worst: diffs 0.1, 0.4: mean 0.25, sd 0.2121, t(0.95, 1) = 6.3138 -> 0.25 - 0.9470
     assert "vs Ref+GM  worst +25.0 (>= -69.7, 2/2)" in text
 
+    renamed = transfer_matrix.templated(seed(0.6, 0.5), {"r": "study:x-s{seed}"})
+    assert renamed.pairs == ("study:x-s{seed}/a", "study:x-s{seed}/b")  # seeds' sources line up by template
+
     storage, _ = study
     assert transfer_matrix.main(["--quick", "--storage", storage, "--study", "tiny", "--seeds", "0",
                                  "--sources", "reference", "--attacks", "fgsm", "mi_fgsm"]) == 0
