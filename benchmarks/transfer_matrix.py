@@ -13,10 +13,10 @@ lower bound (paired t) and the seeds on which NE+GM is ahead.
 Sources may name ``{seed}`` too, e.g. ``study:cmp-digits-random-s{seed}``:
 the best network random search found against the same reference.
 
-Run (the README's matrix; the searches come from
-``gmsearch compare benchmarks/compare_digits.toml``, run in /work/runs)::
+Run (the README's matrix; the searches come from ``gmsearch compare benchmarks/compare_digits.toml
+--seeds 0-2``, whose storage is ``benchmarks/compare_digits.db``)::
 
-    python benchmarks/transfer_matrix.py --storage sqlite:///compare_digits.db \\
+    python benchmarks/transfer_matrix.py --storage sqlite:///benchmarks/compare_digits.db \\
         --study 'cmp-digits-niche-s{seed}' --seeds 0-2 --images 200
     python benchmarks/transfer_matrix.py --quick --storage ... --study NAME --seeds 0   # the test's smoke run
 """
