@@ -157,16 +157,19 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import optuna
 
     from gmsearch import interrupt
+    from gmsearch.errors import UsageError
     from gmsearch.evaluation.compare import compare, compare_lines, parse_seeds, parse_ways
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ways, seeds = parse_ways(args.ways), parse_seeds(args.seeds)
+    ways, seeds, base = parse_ways(args.ways), parse_seeds(args.seeds), parse_ways(args.base)
+    if len(base) != 1 or base[0] not in ways:
+        raise UsageError(f"--base {args.base}: not one of the ways; choose from {', '.join(ways)}")
     print(f"gmsearch compare {args.config}: ways {', '.join(ways)}, seeds {', '.join(map(str, seeds))}"
           f"{' (quick smoke run)' if args.quick else ''}", flush=True)
     with interrupt.stop_on_sigint():
         result = compare(cfg, ways=ways, seeds=seeds, repeats=args.repeats, budget=args.budget, quick=args.quick,
-                         retrain_epochs=args.retrain_epochs, echo=lambda line: print(line, flush=True))
+                         retrain_epochs=args.retrain_epochs, base=base[0], echo=lambda line: print(line, flush=True))
     for line in compare_lines(result):
         print(line)
     print(f"stored on study {result['study']} (gmsearch report --study {result['study']} draws it)")
@@ -282,6 +285,8 @@ def make_parser() -> argparse.ArgumentParser:
                      help="comma-separated sampler names, each with optional params: niche[immigrants=0.5] "
                           "(default niche,random,regularized,restarts)")
     cmp.add_argument("--seeds", default="0-4", help="a range (0-4) or a list (0,1,2) of seeds (default 0-4)")
+    cmp.add_argument("--base", default="niche", metavar="WAY",
+                     help="the way compared with each other way, one of --ways (default niche)")
     cmp.add_argument("--repeats", type=_positive, default=3, metavar="R",
                      help="fresh initialisations each winner is retrained with (default 3)")
     cmp.add_argument("--budget", type=_positive, default=None,

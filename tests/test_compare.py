@@ -63,11 +63,37 @@ def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed
     assert "  random       2, 2, never, 2; median 50% of the budget where reached" in text
     assert "niche        stored 0.7250 +- 0.1708  lucky gap 0.1000 +- 0.0000  noise sd 0.0200" in text
 
+    assert "replacements" not in text  # no margins stored: no line
+
+    by_random = cmp.summarize(["niche", "random"], [0, 1, 2, 3], runs, fixed, base="random")
+    by_random.update(budget=4, repeats=3)
+    assert by_random["stats"]["niche"]["fitness"]["mean_diff"] == pytest.approx(-0.125)
+    assert "random minus way" in "\n".join(cmp.compare_lines(by_random)) and "random" not in by_random["stats"]
+
     single = cmp.summarize(["niche", "random"], [0], {w: {"0": r["0"]} for w, r in runs.items()},
                            {"0": fixed["0"]})
     single.update(budget=4, repeats=1)
     text = "\n".join(cmp.compare_lines(single))
     assert "fitness +0.1000 (>= n/a, 1/1)" in text and "0.6000 +- n/a" in text
+
+
+def test_replacement_margins_are_read_from_the_trials_and_set_against_the_noise() -> None:
+    study = optuna.create_study(direction="maximize")
+    for value, replaced in [(0.5, None), (0.6, None), (0.55, 0), (0.9, 1), (0.4, None), (0.58, 2)]:
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=value,
+                                     user_attrs={schema.REPLACED_KEY: replaced}))
+    study.add_trial(create_trial(state=TrialState.FAIL, user_attrs={schema.REPLACED_KEY: 1}))
+    assert cmp.replacement_margins(study) == pytest.approx([0.05, 0.3, 0.03])
+    summary = cmp.margins_summary([[0.05, 0.3, 0.03], [0.01]], noise_sd=0.04)
+    assert summary == pytest.approx({"per_seed": 2.0, "median": 0.04, "under_noise": 0.5})
+    assert cmp.margins_summary([[], []], noise_sd=0.04)["median"] is None
+    runs = {"niche": {"0": {**_run("niche", 0, 0.6), "margins": [0.05, 0.3, 0.03]},
+                      "1": {**_run("niche", 1, 0.7), "margins": [0.01]}}}
+    fixed = {k: {name: {"clean": 0.9, "adv": 0.1, "fitness": 0.1} for name in cmp.FIXED_ROWS} for k in "01"}
+    result = cmp.summarize(["niche"], [0, 1], runs, fixed)
+    result.update(budget=4, repeats=3)
+    text = "\n".join(cmp.compare_lines(result))  # noise sd 0.02 (the runs'): 1 of 4 margins under it
+    assert "  niche        2.0 replacements per seed, median 0.0400; 25% smaller than the noise sd" in text
 
 
 def test_child_epochs_count_what_trials_trained_and_the_curve_is_best_so_far() -> None:
@@ -95,6 +121,8 @@ def test_seeds_and_ways_are_checked_in_one_line() -> None:
         cmp.parse_seeds("0-x")
     with pytest.raises(UsageError, match="unknown \\['nope'\\]; choose from niche, random"):
         cmp.compare(parse({}), ways=["niche", "nope"], seeds=[0])
+    with pytest.raises(UsageError, match="--base regularized: not one of the ways; choose from niche, random"):
+        cmp.compare(parse({}), ways=["niche", "random"], seeds=[0], base="regularized")
 
 
 def test_way_variants_carry_sampler_params_into_their_own_studies(tmp_path: Path) -> None:
@@ -164,3 +192,7 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
     again = optuna.load_study(study_name="cmp-quick-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
     assert again["runs"] == result["runs"]  # every way/seed reused: same winners, same timings
     assert len(optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage).trials) == n_trials
+    assert cli.main(["compare", str(config), "--ways", ",".join(ways), "--seeds", "0-1", "--repeats", "1",
+                     "--budget", "5", "--quick", "--base", "random"]) == 0
+    out = capsys.readouterr().out
+    assert "random minus way" in out and "vs niche" in out and "vs restarts" in out

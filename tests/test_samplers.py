@@ -182,6 +182,14 @@ def test_restarts_train_one_genome_under_new_seeds() -> None:
         make("restarts", genome="resnet18")
 
 
+def test_restarts_warn_once_per_process_about_a_genome_over_the_size_budget(caplog: pytest.LogCaptureFixture) -> None:
+    budget = mutations.SizeBudget(max_blocks=3)  # hand_a has more blocks: it trains as given
+    with caplog.at_level(logging.WARNING, logger="gmsearch.search.samplers.restarts"):
+        for _ in range(3):  # gmsearch compare builds the sampler once per seed
+            make("restarts", budget=budget)
+    assert [r.getMessage().count("exceeds the size budget") for r in caplog.records] == [1]
+
+
 def test_config_names_the_way_and_make_sampler_builds_it_through_the_registry() -> None:
     data = SimpleNamespace(input_shape=(1, 16, 16), num_classes=10)
     cfg = parse({"search": {"sampler": "regularized", "sampler_params": {"sample_size": 3}}})

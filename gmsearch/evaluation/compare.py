@@ -55,6 +55,7 @@ from gmsearch.evaluation.compare_stats import (  # noqa: F401  (re-exported: the
     band,
     compare_lines,
     epochs_to_reach,
+    margins_summary,
     mean_sd,
     paired_stats,
     summarize,
@@ -246,6 +247,19 @@ def search(cfg: RunConfig, objective: GMObjective, data: Any, budget: int) -> op
     return study
 
 
+def replacement_margins(study: optuna.Study) -> list[float]:
+    """For each child that replaced a candidate (``gmsearch:replaced``): its fitness minus the replaced one's
+    (first value; empty for ways that replace nothing)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    by_number = {t.number: t for t in trials}
+    margins = []
+    for t in trials:
+        replaced = by_number.get(t.user_attrs.get(schema.REPLACED_KEY))  # type: ignore[arg-type]
+        if replaced is not None and t.values and replaced.values:
+            margins.append(float(t.values[0] - replaced.values[0]))
+    return margins
+
+
 def winner(study: optuna.Study) -> FrozenTrial:
     """The completed trial with the highest validation fitness (first value for two objectives)."""
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
@@ -308,7 +322,7 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
     stored = study.user_attrs.get(schema.COMPARE_RUN_KEY)
     if isinstance(stored, dict) and stored.get("budget") == budget and stored.get("winner") == best.number \
             and stored.get("repeats") == repeats and stored.get("retrain_epochs") == epochs and "lucky_gap" in stored:
-        return stored
+        return {**stored, "margins": replacement_margins(study)}  # margins: read from the trials, never stale
     start = time.perf_counter()
     runs = retrain(objective, schema.genome_of(best), epochs=epochs, seed=seed, way=way, repeats=repeats)
     finished = _finished(study)
@@ -325,6 +339,7 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
         # (retrained for as long as it trained in the search; with retrain_epochs another length is measured)
         "val_retrained": statistics.fmean(r["val_fitness"] for r in runs),
         "val_noise_sd": statistics.stdev([r["val_fitness"] for r in runs]) if repeats > 1 else None,
+        "margins": replacement_margins(study),
     }
     result["lucky_gap"] = result["val_fitness"] - result["val_retrained"]
     study.set_user_attr(schema.COMPARE_RUN_KEY, result)
@@ -353,6 +368,7 @@ def compare(
     budget: int | None = None,
     quick: bool = False,
     retrain_epochs: int | None = None,
+    base: str = BASE_WAY,
     echo: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Compare ways of spending the budget at equal child-epochs; the JSON-safe result (also stored).
@@ -367,6 +383,8 @@ def compare(
         quick: A smoke run (:func:`quick_config`).
         retrain_epochs: Epochs each winner and HE+GM are retrained for (default: the epochs the winner trained
             in its search; HE+GM the last generation's).
+        base: The way compared with each other way (paired statistics, anytime figure); one of ``ways``
+            (e.g. ``niche[immigrants=0.5]`` to ask whether a variant beats random search).
         echo: Gets a line per finished way/seed (e.g. ``print``).
 
     Returns:
@@ -380,6 +398,8 @@ def compare(
     unknown = [w for w in ways if split_way(w)[0] not in samplers.names()]
     if unknown or not ways:
         raise UsageError(f"--ways {','.join(ways)}: unknown {unknown}; choose from {', '.join(samplers.names())}")
+    if base not in ways:
+        raise UsageError(f"--base {base}: not one of the ways; choose from {', '.join(ways)}")
     if repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {repeats}")
     if budget is not None and budget < 1:
@@ -413,7 +433,7 @@ def compare(
                      f"test clean {t['clean']:.4f} adv {t['adv']:.4f} fitness {t['fitness']:.4f}")
         fixed[str(seed)] = (earlier["fixed"][str(seed)] if str(seed) in earlier.get("fixed", {}) else
                             fixed_rows(scfg, objective, seed=seed, epochs=fixed_epochs, repeats=repeats))
-    result = summarize(ways, seeds, runs, fixed)
+    result = summarize(ways, seeds, runs, fixed, base=base)
     result.update(budget=budget, repeats=repeats, quick=quick, study=f"{cfg.study.name}-compare",
                   fixed_epochs=fixed_epochs)
     store(cfg, result)

@@ -11,7 +11,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
-#: The way the others are compared with, the test metrics, and the fixed rows of each seed.
+#: The way the others are compared with by default, the test metrics, and the fixed rows of each seed.
 BASE_WAY = "niche"
 METRICS = ("clean", "adv", "fitness")
 FIXED_ROWS = ("Ref", "HE+GM")
@@ -75,9 +75,21 @@ def band(curves: Sequence[Sequence[Sequence[float]]], *, points: int = 50) -> di
 # --- summary --------------------------------------------------------------------------------------------------
 
 
+def margins_summary(margins: Sequence[Sequence[float]], noise_sd: float | None) -> dict[str, Any]:
+    """The fitness differences that decided a niche search's replacements (child minus the candidate it
+    replaced, all seeds pooled): how many per seed, their median, and the share smaller than ``noise_sd`` (the
+    fitness noise of one genome, so a replacement that a retraining could have reversed)."""
+    pooled = [m for ms in margins for m in ms]
+    if not pooled:
+        return {"per_seed": 0.0, "median": None, "under_noise": None}
+    under = None if noise_sd is None else sum(m < noise_sd for m in pooled) / len(pooled)
+    return {"per_seed": len(pooled) / len(margins), "median": statistics.median(pooled), "under_noise": under}
+
+
 def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[str, Any]],
-              fixed: dict[str, Any]) -> dict[str, Any]:
-    """Means, sds, paired statistics and curves of per-way/seed runs (keys: ways, seeds as strings)."""
+              fixed: dict[str, Any], *, base: str = BASE_WAY) -> dict[str, Any]:
+    """Means, sds, paired statistics (``base`` against each other way) and curves of per-way/seed runs (keys:
+    ways, seeds as strings)."""
     keys = [str(s) for s in seeds]
     summary: dict[str, dict[str, Any]] = {}
     for way in ways:
@@ -89,21 +101,24 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
         summary[way]["lucky_gap"] = list(mean_sd([r["lucky_gap"] for r in rs]))
         noise = [r["val_noise_sd"] for r in rs if r.get("val_noise_sd") is not None]
         summary[way]["val_noise_sd"] = statistics.fmean(noise) if noise else None
+        if any(r.get("margins") for r in rs):  # a way that replaces candidates (niche and its variants)
+            summary[way]["margins"] = margins_summary([r.get("margins") or [] for r in rs],
+                                                      summary[way]["val_noise_sd"])
     for name in FIXED_ROWS:
         summary[name] = {m: list(mean_sd([fixed[k][name][m] for k in keys])) for m in METRICS}
     stats = {}
-    if BASE_WAY in ways:
+    if base in ways:
         for way in ways:
-            if way != BASE_WAY:
-                stats[way] = {m: paired_stats([runs[BASE_WAY][k]["test"][m] for k in keys],
+            if way != base:
+                stats[way] = {m: paired_stats([runs[base][k]["test"][m] for k in keys],
                                               [runs[way][k]["test"][m] for k in keys]) for m in METRICS}
     curves = {way: band([runs[way][k]["curve"] for k in keys]) for way in ways}
-    # anytime: the child-epochs niche needs to reach each other way's final best validation fitness
-    anytime = {way: [epochs_to_reach(runs[BASE_WAY][k]["curve"], runs[way][k]["curve"][-1][1])
+    # anytime: the child-epochs the base way needs to reach each other way's final best validation fitness
+    anytime = {way: [epochs_to_reach(runs[base][k]["curve"], runs[way][k]["curve"][-1][1])
                      if runs[way][k]["curve"] else None for k in keys]
                for way in stats}
-    return {"ways": list(ways), "seeds": list(seeds), "runs": runs, "fixed": fixed, "summary": summary,
-            "stats": stats, "curves": curves, "anytime": anytime}
+    return {"ways": list(ways), "seeds": list(seeds), "base": base, "runs": runs, "fixed": fixed,
+            "summary": summary, "stats": stats, "curves": curves, "anytime": anytime}
 
 
 # --- printing -------------------------------------------------------------------------------------------------
@@ -116,8 +131,8 @@ def _pm(pair: Sequence[float | None], digits: int = 4) -> str:
 
 
 def compare_lines(result: dict[str, Any]) -> list[str]:
-    """The printed table of a comparison: per way, mean +- sd over seeds; niche against each other way."""
-    n = len(result["seeds"])
+    """The printed table of a comparison: per way, mean +- sd over seeds; the base way against each other way."""
+    n, base = len(result["seeds"]), result.get("base", BASE_WAY)
     lines = [f"test split, mean +- sd over {n} seed(s) ({', '.join(map(str, result['seeds']))}); each winner "
              f"retrained {result['repeats']}x; budget {result['budget']} child-epochs per way",
              f"  {'way':<12} {'clean':>16} {'adv':>16} {'fitness':>16} {'child-epochs':>18} {'seconds':>18}"]
@@ -133,9 +148,17 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
         noise = "n/a" if row["val_noise_sd"] is None else f"{row['val_noise_sd']:.4f}"
         lines.append(f"  {way:<12} stored {_pm(row['val_fitness'])}  lucky gap {_pm(row['lucky_gap'])}  "
                      f"noise sd {noise}")
+    margined = [way for way in result["ways"] if result["summary"][way].get("margins", {}).get("median") is not None]
+    if margined:
+        lines.append("fitness differences that decided replacements (child minus the candidate it replaced), "
+                     "seeds pooled:")
+        for way in margined:
+            mg = result["summary"][way]["margins"]
+            under = "" if mg["under_noise"] is None else f"; {mg['under_noise']:.0%} smaller than the noise sd"
+            lines.append(f"  {way:<12} {mg['per_seed']:.1f} replacements per seed, median {mg['median']:.4f}{under}")
     if result["stats"]:
-        lines.append(f"{BASE_WAY} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
-                     f"paired t; seeds where {BASE_WAY} is ahead):")
+        lines.append(f"{base} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
+                     f"paired t; seeds where {base} is ahead):")
         for way, by_metric in result["stats"].items():
             cells = []
             for m in METRICS:
@@ -144,7 +167,7 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
                 cells.append(f"{m} {st['mean_diff']:+.4f} (>= {low}, {st['wins']}/{st['n']})")
             lines.append(f"  vs {way:<9} " + "; ".join(cells))
     if result.get("anytime"):
-        lines.append(f"child-epochs {BASE_WAY} needed to reach each way's final best validation fitness, per seed "
+        lines.append(f"child-epochs {base} needed to reach each way's final best validation fitness, per seed "
                      f"(never: not within the budget of {result['budget']}):")
         for way, reach in result["anytime"].items():
             per_seed = ", ".join("never" if r is None else f"{r:.0f}" for r in reach)

@@ -28,6 +28,8 @@ logger = logging.getLogger(__name__)
 #: The genome restarts train when none is given: the paper's first hand-engineered reference.
 DEFAULT_GENOME = "hand_a"
 
+_warned: set[str] = set()  # genome and budget pairs already warned about in this process
+
 
 def _genome(value: Genome | str) -> Genome:
     if isinstance(value, Genome):
@@ -61,7 +63,9 @@ class RestartsSampler(GenomeSampler):
     def __init__(self, *, genome: Genome | str = DEFAULT_GENOME, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.genome = _genome(genome)
-        if not self.budget.allows(self.genome):
+        key = f"{self.genome.to_json()} {self.budget}"
+        if not self.budget.allows(self.genome) and key not in _warned:  # once: compare builds it per seed
+            _warned.add(key)
             logger.warning("restarts: genome %s exceeds the size budget %s; it trains as given",
                            self.genome.summary(), self.budget)
 
