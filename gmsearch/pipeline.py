@@ -32,7 +32,7 @@ from gmsearch.config import RunConfig
 from gmsearch.errors import EnvironmentProblem, UsageError
 from gmsearch.nets import architectures, references, zoo
 from gmsearch.plugins import load_plugins
-from gmsearch.search import fitness, mutations, pruners, samplers, schema
+from gmsearch.search import fitness, mutations, prior, pruners, samplers, schema
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.samplers import EpochSchedule, GenomeSampler, n_trials_for
 from gmsearch.search.study import check_storage, create_study, make_storage, mask_url
@@ -370,7 +370,7 @@ def make_sampler(cfg: RunConfig, data: datasets.Dataset) -> GenomeSampler:
         num_classes=data.num_classes, image_size=height,
     )
     try:  # can Algorithm 1's first line be met? (cheap: genomes, no training)
-        mutations.initial_population(s.population_size, s.min_distance, random.Random(cfg.seed), budget=budget)
+        prior.initial_population(s.population_size, s.min_distance, random.Random(cfg.seed), budget=budget)
     except ValueError as exc:
         raise UsageError(f"[search] min_distance {s.min_distance} for {s.population_size} candidates: {exc}") from None
     return samplers.create(

@@ -20,7 +20,7 @@ from gmsearch.nets.builder import (
     infer_shapes,
 )
 from gmsearch.nets.genome import Block, Genome
-from gmsearch.search import mutations
+from gmsearch.search import mutations, prior
 
 BUDGET = mutations.SizeBudget(max_blocks=14, max_params=400_000, in_channels=3, num_classes=10, image_size=32)
 
@@ -190,7 +190,7 @@ def test_double_backward(name: str) -> None:
     torch.manual_seed(0)
     if name == "random":
         rng = random.Random(3)
-        g = mutations.aggressive_mutation(mutations.random_genome(rng), rng, k=8, budget=BUDGET)
+        g = mutations.aggressive_mutation(prior.random_genome(rng), rng, k=8, budget=BUDGET)
     else:
         g = zoo.genome(name)
     net = build(g, 3, 10, 16)
@@ -225,7 +225,7 @@ def test_torch_func_functional_call() -> None:
 )
 def test_random_genomes_build_any_size(seed: int, size: int, channels: int) -> None:
     rng = random.Random(seed)
-    g = mutations.aggressive_mutation(mutations.random_genome(rng), rng, k=(0, 12), budget=BUDGET)
+    g = mutations.aggressive_mutation(prior.random_genome(rng), rng, k=(0, 12), budget=BUDGET)
     net = build(g, channels, 7, size)
     run(net, channels, size)
     assert count_params(net) == estimate_params(g, channels, 7, size)

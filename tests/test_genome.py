@@ -20,7 +20,7 @@ from gmsearch.nets.genome import (
     GenomeError,
     spectrum_distance,
 )
-from gmsearch.search import mutations
+from gmsearch.search import mutations, prior
 
 
 def conv(src: int, ch: int = 8, k: int = 3) -> Block:
@@ -192,7 +192,7 @@ def test_spectrum_distance() -> None:
 @given(seed=st.integers(0, 2**32 - 1))
 def test_random_genomes_round_trip_and_count(seed: int) -> None:
     rng = random.Random(seed)
-    g = mutations.aggressive_mutation(mutations.random_genome(rng), rng, k=(0, 10))
+    g = mutations.aggressive_mutation(prior.random_genome(rng), rng, k=(0, 10))
     assert Genome.from_json(g.to_json()) == g
     assert Genome.from_json(g.to_json(indent=2)) == g
     kinds = [b.kind for b in g.blocks]

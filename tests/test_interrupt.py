@@ -22,6 +22,7 @@ from optuna.trial import TrialState
 import gmsearch as gms
 from gmsearch import interrupt, runner
 from gmsearch.errors import Interrupted
+from gmsearch.search import prior
 from gmsearch.search.samplers import _base as sampler_module
 from gmsearch.search.schema import FAIL_REASON_KEY, GENOME_KEY, INTERRUPTED, PARENT_KEY, TOLD_FAIL_KEY
 
@@ -187,7 +188,7 @@ def test_a_second_ctrl_c_inside_ask_leaves_no_running_trial(monkeypatch: pytest.
         raise KeyboardInterrupt  # lands while the genome is being made
 
     with monkeypatch.context() as patch:
-        patch.setattr(gms.mutations, "random_genome_far_from", ctrl_c)
+        patch.setattr(prior, "random_genome_far_from", ctrl_c)
         with pytest.raises(KeyboardInterrupt):
             study.optimize(_interrupted_on(set()), n_trials=1)
     (first,) = study.get_trials(deepcopy=False)

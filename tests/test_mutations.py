@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from gmsearch.nets import zoo
 from gmsearch.nets.builder import build, estimate_params
 from gmsearch.nets.genome import Block, Genome, spectrum_distance
-from gmsearch.search import mutations
+from gmsearch.search import mutations, prior
 
 BUILTIN = [
     "add_conv", "edit_conv", "delete_conv",
@@ -36,7 +36,7 @@ def conv(src: int, ch: int = 8, k: int = 3) -> Block:
 
 
 def start(kind: str, rng: random.Random) -> Genome:
-    return mutations.random_genome(rng, budget=BUDGET) if kind == "random" else zoo.genome(kind)
+    return prior.random_genome(rng, budget=BUDGET) if kind == "random" else zoo.genome(kind)
 
 
 @pytest.fixture
@@ -207,7 +207,7 @@ def test_budget() -> None:
     assert mutations.mutate(full, rng, names=["add_conv"], budget=tight) == full  # nothing fits
     params = mutations.SizeBudget(max_params=100_000, in_channels=3, num_classes=10, image_size=32)
     assert "parameters" in (params.violation(zoo.genome("hand_a")) or "")
-    g = mutations.random_genome(rng, budget=params)
+    g = prior.random_genome(rng, budget=params)
     for _ in range(30):
         g = mutations.aggressive_mutation(g, rng, budget=params)
         assert estimate_params(g, 3, 10, 32) <= 100_000
@@ -244,12 +244,12 @@ def test_mutation_explores_many_spectra() -> None:
 def test_determinism() -> None:
     def chain(seed: int) -> list[Genome]:
         rng = random.Random(seed)
-        out = mutations.initial_population(4, 4.0, rng)
+        out = prior.initial_population(4, 4.0, rng)
         g = out[0]
         for _ in range(10):
             g = mutations.aggressive_mutation(g, rng, budget=BUDGET)
             out.append(g)
-        out.append(mutations.random_genome_far_from(out[:4], 4.0, rng))
+        out.append(prior.random_genome_far_from(out[:4], 4.0, rng))
         return out
 
     assert chain(7) == chain(7)
@@ -260,19 +260,19 @@ def test_random_genome_bounds() -> None:
     rng = random.Random(0)
     sizes = set()
     for _ in range(200):
-        g = mutations.random_genome(rng, min_blocks=3, max_blocks=6)
+        g = prior.random_genome(rng, min_blocks=3, max_blocks=6)
         sizes.add(g.num_blocks)
         assert g.blocks[0].kind in ("conv", "pool", "sconv")
     assert sizes == {3, 4, 5, 6}
-    capped = mutations.random_genome(rng, max_blocks=30, budget=mutations.SizeBudget(max_blocks=4))
+    capped = prior.random_genome(rng, max_blocks=30, budget=mutations.SizeBudget(max_blocks=4))
     assert capped.num_blocks <= 4
     with pytest.raises(ValueError, match="min_blocks"):
-        mutations.random_genome(rng, min_blocks=5, max_blocks=3)
+        prior.random_genome(rng, min_blocks=5, max_blocks=3)
 
 
 @pytest.mark.parametrize(("size", "d"), [(4, 4.0), (5, 4.0), (3, 6.0)])
 def test_initial_population_distances(size: int, d: float) -> None:
-    pop = mutations.initial_population(size, d, random.Random(size))
+    pop = prior.initial_population(size, d, random.Random(size))
     assert len(pop) == size
     for i in range(size):
         for j in range(i):
@@ -282,21 +282,21 @@ def test_initial_population_distances(size: int, d: float) -> None:
 def test_initial_population_respects_existing() -> None:
     existing = [zoo.genome("hand_a"), zoo.genome("hand_b")]
     rng = random.Random(0)
-    pop = mutations.initial_population(3, 4.0, rng, existing=existing)
+    pop = prior.initial_population(3, 4.0, rng, existing=existing)
     assert all(spectrum_distance(p, e) >= 4.0 for p in pop for e in existing)
-    g = mutations.random_genome_far_from(existing + pop, 4.0, rng)
+    g = prior.random_genome_far_from(existing + pop, 4.0, rng)
     assert all(spectrum_distance(g, e) >= 4.0 for e in existing + pop)
 
 
 def test_initial_population_impossible_distance() -> None:
     with pytest.raises(ValueError, match=r"could not find 4 genome\(s\) with spectrum distance >= 100"):
-        mutations.initial_population(4, 100.0, random.Random(0))
+        prior.initial_population(4, 100.0, random.Random(0))
     with pytest.raises(ValueError, match="could not find"):
-        mutations.random_genome_far_from([zoo.genome("hand_a")], 100.0, random.Random(0), max_tries=50)
+        prior.random_genome_far_from([zoo.genome("hand_a")], 100.0, random.Random(0), max_tries=50)
     with pytest.raises(ValueError, match="after 5 tries"):
-        mutations.initial_population(50, 6.0, random.Random(0), max_tries=5)
+        prior.initial_population(50, 6.0, random.Random(0), max_tries=5)
     with pytest.raises(ValueError, match="min_distance"):
-        mutations.initial_population(2, -1.0, random.Random(0))
+        prior.initial_population(2, -1.0, random.Random(0))
 
 
 def test_toolbox() -> None:

@@ -23,7 +23,7 @@ from gmsearch import pipeline, runner
 from gmsearch.config import parse
 from gmsearch.errors import UsageError
 from gmsearch.plugins import table
-from gmsearch.search import mutations, samplers
+from gmsearch.search import mutations, prior, samplers
 from gmsearch.search._optuna_private import storage_of, study_id_of
 from gmsearch.search.samplers._base import niche_generation
 from gmsearch.search.samplers.regularized import aging_population, tournament
@@ -139,7 +139,7 @@ def test_random_genomes_are_fresh_draws_within_the_budget() -> None:
         assert budget.allows(genome) and t.user_attrs[PARENT_KEY] is None
         # a draw from the initial prior seeded by the trial alone: independent of every other trial
         rng = random.Random(trial_seed(SEED, t.number))
-        assert genome == mutations.random_genome_far_from([], 0.0, rng, budget=budget)
+        assert genome == prior.random_genome_far_from([], 0.0, rng, budget=budget)
     assert len({gms.genome_of(t).to_json() for t in done(study)}) > PLANNED // 2
 
 
@@ -251,7 +251,7 @@ def test_niche_immigrants_draw_children_from_the_prior_instead_of_mutating() -> 
     child = study.trials[S]
     rng = random.Random(trial_seed(SEED, child.number))
     rng.random()  # the immigrant draw
-    fresh = mutations.random_genome_far_from([], 0.0, rng, budget=sampler.budget)
+    fresh = prior.random_genome_far_from([], 0.0, rng, budget=sampler.budget)
     assert gms.genome_of(child) == fresh and child.user_attrs[PARENT_KEY] in range(S)
     assert sampler.config()["immigrants"] == 1.0 and "immigrants" not in make("niche").config()
     for bad in (-0.1, 1.5, True):

@@ -12,7 +12,7 @@ from gmsearch.nets import zoo
 from gmsearch.nets.builder import build
 from gmsearch.nets.genome import Block, Genome
 from gmsearch.report.plotting import plot_architecture
-from gmsearch.search import mutations
+from gmsearch.search import mutations, prior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -86,7 +86,7 @@ def test_plot_architecture_marks_dead_ends_and_random_genomes() -> None:
     assert fig.layout.title.text == "dead end"
     rng = random.Random(0)
     for _ in range(5):
-        g = mutations.aggressive_mutation(mutations.random_genome(rng), rng, k=6)
+        g = mutations.aggressive_mutation(prior.random_genome(rng), rng, k=6)
         assert len(_node_labels(plot_architecture(g))) == g.num_blocks + len(g.head) + 2
     with pytest.raises(TypeError):
         plot_architecture("hand_a")  # type: ignore[arg-type]

@@ -45,7 +45,7 @@ from gmsearch.config import SearchConfig
 from gmsearch.errors import Interrupted
 from gmsearch.nets.genome import Genome
 from gmsearch.registry import Registry
-from gmsearch.search import mutations
+from gmsearch.search import mutations, prior
 from gmsearch.search._optuna_private import heartbeat_interval as _heartbeat_interval
 from gmsearch.search._optuna_private import record_heartbeat as _record_heartbeat
 from gmsearch.search._optuna_private import storage_of, study_id_of, trial_id_of, whole_study
@@ -251,7 +251,7 @@ class GenomeSampler(BaseSampler):
         """
         initial = census.initial
         if census.n_initial < self.population_size or not initial:
-            genome = mutations.random_genome_far_from(
+            genome = prior.random_genome_far_from(
                 [genome_of(t) for t in initial], self.min_distance, rng, budget=self.budget
             )
             return genome, None, 0

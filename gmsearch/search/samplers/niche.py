@@ -69,7 +69,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from gmsearch.nets.genome import Genome
-from gmsearch.search import mutations
+from gmsearch.search import prior
 from gmsearch.search._optuna_private import storage_of, trial_id_of
 from gmsearch.search.census import Census
 from gmsearch.search.samplers._base import GenomeSampler, registry
@@ -148,7 +148,7 @@ class NicheEvolutionSampler(GenomeSampler):
             parent_trial = slots[slot % len(slots)]
             parent = parent_trial.number
         if self.immigrants and rng.random() < self.immigrants:
-            return mutations.random_genome_far_from([], 0.0, rng, budget=self.budget), parent, generation
+            return prior.random_genome_far_from([], 0.0, rng, budget=self.budget), parent, generation
         return self.mutate(genome_of(parent_trial), rng), parent, generation
 
     def on_complete(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], values: Sequence[float]) -> None:

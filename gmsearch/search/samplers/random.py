@@ -1,7 +1,7 @@
 """Random search (the ``random`` way): every trial a fresh genome from the initial-population prior.
 
 Each trial draws one genome as Algorithm 1 draws an initial candidate
-(:func:`gmsearch.search.mutations.random_genome_far_from` with no genome to
+(:func:`gmsearch.search.prior.random_genome_far_from` with no genome to
 keep away from), within the size budget and independent of every other trial:
 no parent, no population. The study runs as many trials as the niche search
 (``n_trials_for(generations, population_size, n_children)``), trial ``i``
@@ -16,7 +16,7 @@ from optuna.study import Study
 from optuna.trial import FrozenTrial
 
 from gmsearch.nets.genome import Genome
-from gmsearch.search import mutations
+from gmsearch.search import prior
 from gmsearch.search.census import Census
 from gmsearch.search.samplers._base import GenomeSampler, fresh_index, niche_generation, registry
 
@@ -38,5 +38,5 @@ class RandomGenomeSampler(GenomeSampler):
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
     ) -> tuple[Genome, int | None, int]:
-        genome = mutations.random_genome_far_from([], 0.0, rng, budget=self.budget)
+        genome = prior.random_genome_far_from([], 0.0, rng, budget=self.budget)
         return genome, None, niche_generation(fresh_index(census), self.population_size, self.n_children)
