@@ -65,6 +65,12 @@ def test_the_summary_and_printout_pair_the_ways_by_seed_and_say_n_a_for_one_seed
 
     assert "replacements" not in text  # no margins stored: no line
 
+    long = "niche[immigrants=0.5]"  # a variant's name widens the way column: the numbers stay in their columns
+    variant = cmp.summarize(["niche", long], [0, 1, 2, 3], {"niche": runs["niche"], long: runs["random"]}, fixed)
+    variant.update(budget=4, repeats=3)
+    table = cmp.compare_lines(variant)[1:4]
+    assert len({len(line) for line in table}) == 1 and table[2].startswith(f"  {long} 0.6500 +- ")
+
     by_random = cmp.summarize(["niche", "random"], [0, 1, 2, 3], runs, fixed, base="random")
     by_random.update(budget=4, repeats=3)
     assert by_random["stats"]["niche"]["fitness"]["mean_diff"] == pytest.approx(-0.125)

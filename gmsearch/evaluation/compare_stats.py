@@ -133,20 +133,21 @@ def _pm(pair: Sequence[float | None], digits: int = 4) -> str:
 def compare_lines(result: dict[str, Any]) -> list[str]:
     """The printed table of a comparison: per way, mean +- sd over seeds; the base way against each other way."""
     n, base = len(result["seeds"]), result.get("base", BASE_WAY)
+    w = max(12, *(len(way) for way in result["ways"]))  # the way column: as wide as the longest variant
     lines = [f"test split, mean +- sd over {n} seed(s) ({', '.join(map(str, result['seeds']))}); each winner "
              f"retrained {result['repeats']}x; budget {result['budget']} child-epochs per way",
-             f"  {'way':<12} {'clean':>16} {'adv':>16} {'fitness':>16} {'child-epochs':>18} {'seconds':>18}"]
+             f"  {'way':<{w}} {'clean':>16} {'adv':>16} {'fitness':>16} {'child-epochs':>18} {'seconds':>18}"]
     for way in [*result["ways"], *FIXED_ROWS]:
         row = result["summary"][way]
         tail = (f" {_pm(row['child_epochs'], 1):>18} {_pm(row['seconds'], 1):>18}" if way in result["ways"]
                 else f" {'(fixed row)':>18}")
-        lines.append(f"  {way:<12} {_pm(row['clean']):>16} {_pm(row['adv']):>16} {_pm(row['fitness']):>16}{tail}")
+        lines.append(f"  {way:<{w}} {_pm(row['clean']):>16} {_pm(row['adv']):>16} {_pm(row['fitness']):>16}{tail}")
     lines.append("validation fitness of each winner: stored by the search, minus its retrained mean (the lucky "
                  "gap), and the sd over its retrainings (fitness noise), mean over seeds:")
     for way in result["ways"]:
         row = result["summary"][way]
         noise = "n/a" if row["val_noise_sd"] is None else f"{row['val_noise_sd']:.4f}"
-        lines.append(f"  {way:<12} stored {_pm(row['val_fitness'])}  lucky gap {_pm(row['lucky_gap'])}  "
+        lines.append(f"  {way:<{w}} stored {_pm(row['val_fitness'])}  lucky gap {_pm(row['lucky_gap'])}  "
                      f"noise sd {noise}")
     margined = [way for way in result["ways"] if result["summary"][way].get("margins", {}).get("median") is not None]
     if margined:
@@ -155,7 +156,7 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
         for way in margined:
             mg = result["summary"][way]["margins"]
             under = "" if mg["under_noise"] is None else f"; {mg['under_noise']:.0%} smaller than the noise sd"
-            lines.append(f"  {way:<12} {mg['per_seed']:.1f} replacements per seed, median {mg['median']:.4f}{under}")
+            lines.append(f"  {way:<{w}} {mg['per_seed']:.1f} replacements per seed, median {mg['median']:.4f}{under}")
     if result["stats"]:
         lines.append(f"{base} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
                      f"paired t; seeds where {base} is ahead):")
@@ -165,7 +166,7 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
                 st = by_metric[m]
                 low = "n/a" if st["lower95"] is None else f"{st['lower95']:+.4f}"
                 cells.append(f"{m} {st['mean_diff']:+.4f} (>= {low}, {st['wins']}/{st['n']})")
-            lines.append(f"  vs {way:<9} " + "; ".join(cells))
+            lines.append(f"  vs {way:<{w - 3}} " + "; ".join(cells))
     if result.get("anytime"):
         lines.append(f"child-epochs {base} needed to reach each way's final best validation fitness, per seed "
                      f"(never: not within the budget of {result['budget']}):")
@@ -174,5 +175,5 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
             reached = [r for r in reach if r is not None]
             share = f"; median {statistics.median(reached) / result['budget']:.0%} of the budget where reached" \
                 if reached else ""
-            lines.append(f"  {way:<12} {per_seed}{share}")
+            lines.append(f"  {way:<{w}} {per_seed}{share}")
     return lines
