@@ -166,7 +166,7 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
                 st = by_metric[m]
                 low = "n/a" if st["lower95"] is None else f"{st['lower95']:+.4f}"
                 cells.append(f"{m} {st['mean_diff']:+.4f} (>= {low}, {st['wins']}/{st['n']})")
-            lines.append(f"  vs {way:<{w - 3}} " + "; ".join(cells))
+            lines.append(f"  vs {way:<{max(9, *map(len, result['stats']))}} " + "; ".join(cells))
     if result.get("anytime"):
         lines.append(f"child-epochs {base} needed to reach each way's final best validation fitness, per seed "
                      f"(never: not within the budget of {result['budget']}):")
