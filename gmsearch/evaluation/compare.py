@@ -14,8 +14,8 @@ are fixed rows of each seed.
 
 A finished way/seed is reused: its search stops at the budget and its test
 numbers are stored on its study (the fixed rows on the comparison's study). The whole result (per way and seed, the
-best-so-far curves, the paired statistics of niche against each other way) is
-stored on the study ``<study>-compare`` under :data:`~gmsearch.search.schema.COMPARE_KEY`,
+best-so-far curves, the paired statistics of the base way, niche unless ``base`` says otherwise, against each
+other way) is stored on the study ``<study>-compare`` under :data:`~gmsearch.search.schema.COMPARE_KEY`,
 which ``gmsearch report`` draws.
 
 (It lives in :mod:`gmsearch.evaluation`, not at ``gmsearch/compare.py``: importing a submodule
