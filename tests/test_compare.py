@@ -202,3 +202,5 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
                      "--budget", "5", "--quick", "--base", "random"]) == 0
     out = capsys.readouterr().out
     assert "random minus way" in out and "vs niche" in out and "vs restarts" in out
+    html = gms.report.render_report(optuna.load_study(study_name="cmp-quick-compare", storage=storage))
+    assert "random − niche" in html and "niche − random" not in html  # the report pairs the stored base

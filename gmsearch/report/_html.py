@@ -366,14 +366,15 @@ def _comparison(page: _Page, study: optuna.Study) -> None:
     parts.append(_table(["way", "clean (%)", "adv (%)", "fitness (×100)", "child-epochs", "seconds"], rows,
                         numeric=[False, True, True, True, True, True]))
     stats = result.get("stats") or {}
+    base = result.get("base", "niche")  # results stored before --base compared niche
     if stats:
         cells = []
         for way, by_metric in stats.items():
             for metric, st in by_metric.items():
                 low = "n/a" if st["lower95"] is None else f"{100 * st['lower95']:+.2f}"
                 wins = f"{st['wins']}/{st['n']}"
-                cells.append((f"niche − {way}", metric, f"{100 * st['mean_diff']:+.2f}", low, wins))
-        parts.append("<h3>Niche against each way (paired over seeds, ×100)</h3>" + _table(
+                cells.append((f"{base} − {way}", metric, f"{100 * st['mean_diff']:+.2f}", low, wins))
+        parts.append(f"<h3>{_esc(base)} against each way (paired over seeds, ×100)</h3>" + _table(
             ["pair", "metric", "mean difference", "one-sided 95% lower bound", "seeds ahead"], cells,
             numeric=[False, False, True, True, True],
         ))
