@@ -157,19 +157,16 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     import optuna
 
     from gmsearch import interrupt
-    from gmsearch.errors import UsageError
     from gmsearch.evaluation.compare import compare, compare_lines, parse_seeds, parse_ways
 
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-    ways, seeds, base = parse_ways(args.ways), parse_seeds(args.seeds), parse_ways(args.base)
-    if len(base) != 1 or base[0] not in ways:
-        raise UsageError(f"--base {args.base}: not one of the ways; choose from {', '.join(ways)}")
+    ways, seeds = parse_ways(args.ways), parse_seeds(args.seeds)
     print(f"gmsearch compare {args.config}: ways {', '.join(ways)}, seeds {', '.join(map(str, seeds))}"
           f"{' (quick smoke run)' if args.quick else ''}", flush=True)
     with interrupt.stop_on_sigint():
         result = compare(cfg, ways=ways, seeds=seeds, repeats=args.repeats, budget=args.budget, quick=args.quick,
-                         retrain_epochs=args.retrain_epochs, base=base[0], echo=lambda line: print(line, flush=True))
+                         retrain_epochs=args.retrain_epochs, base=args.base, echo=lambda line: print(line, flush=True))
     for line in compare_lines(result):
         print(line)
     print(f"stored on study {result['study']} (gmsearch report --study {result['study']} draws it)")
