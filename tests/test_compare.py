@@ -112,7 +112,7 @@ def test_child_epochs_count_what_trials_trained_and_the_curve_is_best_so_far() -
     study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6, user_attrs={"epochs": 3}, system_attrs=genome))
     assert cmp.child_epochs(study) == 2 + 1 + 3 + 3
     assert cmp.best_so_far(study) == [[2.0, 0.3], [3.0, 0.3], [6.0, 0.3], [9.0, 0.6]]
-    assert cmp.winner(study).number == 4
+    assert cmp.winner(study)[0].number == 4
     # the niche plan: 2 initial trials of 1 epoch, then 2 children of 1 epoch per generation
     assert cmp.planned_child_epochs(1, 2, 1, gms.EpochSchedule(base=1, step=0, every=1)) == 4
     assert cmp.planned_child_epochs(2, 2, 1, gms.EpochSchedule(base=1, step=1, every=1)) == 2 + 2 + 2 * 2

@@ -257,3 +257,65 @@ def test_niche_immigrants_draw_children_from_the_prior_instead_of_mutating() -> 
     for bad in (-0.1, 1.5, True):
         with pytest.raises(ValueError, match="immigrants must be a share in"):
             make("niche", immigrants=bad)
+
+
+def test_a_reevaluation_averages_into_its_candidate_and_children_compete_with_the_mean() -> None:
+    from optuna.trial import create_trial
+
+    from gmsearch.search.schema import REEVALUATES_KEY
+    from gmsearch.search.selection import fitness_estimates, replay
+
+    genomes = [prior.random_genome_far_from([], 0.0, random.Random(i), budget=mutations.SizeBudget()) for i in range(2)]
+
+    def trial(number: int, value: float, genome: int, **user: object) -> FrozenTrial:
+        t = create_trial(state=TrialState.COMPLETE, value=value, user_attrs=dict(user),
+                         system_attrs={GENOME_KEY: genomes[genome].to_json()})
+        t.number = number
+        return t
+
+    a = trial(0, 0.9, 0, **{PARENT_KEY: None})
+    again = trial(1, 0.5, 0, **{PARENT_KEY: 0, REEVALUATES_KEY: 0})
+    child = trial(2, 0.8, 1, **{PARENT_KEY: 0})
+    directions = [optuna.study.StudyDirection.MAXIMIZE]
+    lucky = replay([a, child], 1, directions)
+    assert [t.number for t in lucky.slots] == [0] and lucky.replaced == {2: None}  # 0.8 < 0.9: the lucky one stays
+    fair = replay([a, again], 1, directions)
+    assert [t.number for t in fair.slots] == [0] and fair.values == [pytest.approx((0.7,))]
+    assert fair.replaced == {1: None}
+    fair = replay([a, again, child], 1, directions)
+    assert [t.number for t in fair.slots] == [2] and fair.replaced == {1: None, 2: 0}  # 0.8 > mean 0.7
+    assert fair.values == [(0.8,)]  # the new candidate starts from its own evaluation
+    late = replay([a, again, child, trial(3, 0.1, 0, **{PARENT_KEY: 0, REEVALUATES_KEY: 0})], 1, directions)
+    assert [t.number for t in late.slots] == [2] and late.values == [(0.8,)]  # trial 0 was replaced: ignored
+    estimates = fitness_estimates([a, again, child])
+    assert estimates == {0: pytest.approx((0.7,)), 2: (0.8,)}  # the re-evaluation has no entry of its own
+
+
+def test_niche_reevaluate_trains_the_turns_parent_again_under_a_new_seed() -> None:
+    from gmsearch.search.schema import REEVALUATES_KEY, REPLACED_KEY
+    from gmsearch.search.selection import fitness_estimates, replay_of
+
+    def noisy(trial: optuna.Trial) -> float:  # the same genome scores differently under another trial (seed)
+        return spectrum_fitness(gms.genome_of(trial)) + 0.3 * ((trial.number * 7) % 5 - 2)
+
+    sampler = make("niche", reevaluate=0.5, generations=4)
+    study = optuna.create_study(direction="maximize", sampler=sampler)
+    study.optimize(noisy, n_trials=gms.n_trials_for(4, S, N))
+    trials = done(study)
+    again = [t for t in trials if t.user_attrs.get(REEVALUATES_KEY) is not None]
+    assert again and len(again) < len(trials) - S
+    by_number = {t.number: t for t in trials}
+    for t in again:
+        parent = by_number[t.user_attrs[PARENT_KEY]]
+        assert t.user_attrs[REEVALUATES_KEY] == parent.number and gms.genome_of(t) == gms.genome_of(parent)
+        assert t.user_attrs[REPLACED_KEY] is None
+    result, estimates = replay_of(study), fitness_estimates(trials)
+    for slot, values in zip(result.slots, result.values, strict=True):  # one worker: every re-evaluation counted
+        own = [slot.value] + [t.value for t in again if t.user_attrs[REEVALUATES_KEY] == slot.number]
+        assert values == pytest.approx((sum(own) / len(own),)) and estimates[slot.number] == pytest.approx(values)
+    assert sampler.config()["reevaluate"] == 0.5 and "reevaluate" not in make("niche").config()
+    for bad in (-0.1, 1.5, True, "0.5"):
+        with pytest.raises(ValueError, match="reevaluate must be a share in"):
+            make("niche", reevaluate=bad)
+    with pytest.raises(ValueError, match="immigrants \\+ reevaluate must be at most 1"):
+        make("niche", immigrants=0.6, reevaluate=0.6)

@@ -67,6 +67,7 @@ from gmsearch.search.baselines import _row, train_with_gm
 from gmsearch.search.objective import GMObjective
 from gmsearch.search.samplers import EpochSchedule, n_trials_for
 from gmsearch.search.samplers._base import niche_generation
+from gmsearch.search.selection import fitness_estimates
 from gmsearch.search.study import create_study
 
 logger = logging.getLogger(__name__)
@@ -260,13 +261,15 @@ def replacement_margins(study: optuna.Study) -> list[float]:
     return margins
 
 
-def winner(study: optuna.Study) -> FrozenTrial:
-    """The completed trial with the highest validation fitness (first value for two objectives)."""
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
-            if t.values and math.isfinite(t.values[0])]
-    if not done:
+def winner(study: optuna.Study) -> tuple[FrozenTrial, float]:
+    """The completed trial with the highest validation fitness (first value for two objectives), and that
+    fitness: its mean over its evaluations where a way re-evaluated it (:func:`fitness_estimates`)."""
+    trials = study.get_trials(deepcopy=False)
+    estimates = {n: v[0] for n, v in fitness_estimates(trials).items() if math.isfinite(v[0])}
+    if not estimates:
         raise RuntimeError(f"study {study.study_name!r} has no completed trial with a finite fitness")
-    return max(done, key=lambda t: (t.values[0], -t.number))
+    number = max(estimates, key=lambda n: (estimates[n], -n))
+    return next(t for t in trials if t.number == number), estimates[number]
 
 
 def _fitness(objective: GMObjective, clean: float, adv: float) -> float:
@@ -317,7 +320,7 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
     wcfg = way_config(cfg, way, seed)
     pipeline.check_resume(wcfg)
     study = search(wcfg, objective, data, budget)
-    best = winner(study)
+    best, best_fitness = winner(study)
     epochs = retrain_epochs or trained_epochs(best)
     stored = study.user_attrs.get(schema.COMPARE_RUN_KEY)
     if isinstance(stored, dict) and stored.get("budget") == budget and stored.get("winner") == best.number \
@@ -326,22 +329,22 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
     start = time.perf_counter()
     runs = retrain(objective, schema.genome_of(best), epochs=epochs, seed=seed, way=way, repeats=repeats)
     finished = _finished(study)
-    result = {
+    val_retrained = statistics.fmean(r["val_fitness"] for r in runs)
+    result: dict[str, Any] = {
         "way": way, "seed": seed, "study": study.study_name, "budget": budget, "repeats": repeats,
         "winner": best.number, "winner_epochs": trained_epochs(best), "retrain_epochs": epochs,
-        "val_fitness": best.values[0],
+        "val_fitness": best_fitness,
         "child_epochs": child_epochs(study), "trials": len(finished),
         "search_seconds": round(sum((t.datetime_complete - t.datetime_start).total_seconds()
                                     for t in finished if t.datetime_start and t.datetime_complete), 3),
         "retrain_seconds": round(time.perf_counter() - start, 3),
         "test": _mean_scores(runs), "runs": runs, "curve": best_so_far(study),
-        # the winner's luck: its stored validation fitness minus what retraining it gives on the same images
+        # the winner's luck (lucky_gap): its stored validation fitness minus what retraining it gives on the same images
         # (retrained for as long as it trained in the search; with retrain_epochs another length is measured)
-        "val_retrained": statistics.fmean(r["val_fitness"] for r in runs),
+        "val_retrained": val_retrained, "lucky_gap": best_fitness - val_retrained,
         "val_noise_sd": statistics.stdev([r["val_fitness"] for r in runs]) if repeats > 1 else None,
         "margins": replacement_margins(study),
     }
-    result["lucky_gap"] = result["val_fitness"] - result["val_retrained"]
     study.set_user_attr(schema.COMPARE_RUN_KEY, result)
     return result
 

@@ -19,7 +19,8 @@ Per trial:
   answer), :data:`EPOCHS_KEY` (epochs the schedule
   gives it), :data:`ARCH_KEY` (readable summary), :data:`WEIGHTS_KEY`
   (artifact id of its trained weights), :data:`FAIL_REASON_KEY`, :data:`RIVAL_KEY`
-  (the candidate a pruner compared it with), and the plain metrics
+  (the candidate a pruner compared it with), :data:`REEVALUATES_KEY` (the candidate a re-evaluation trial
+  trains again: its fitness joins that candidate's mean), and the plain metrics
   ``clean_acc``, ``adv_acc``, ``epochs``, ``params``, ``train_seconds``.
 
 Per study: system attr :data:`SAMPLER_KEY` (the sampler's settings); user
@@ -71,6 +72,7 @@ RIVAL_KEY = "gmsearch:rival"  # the candidate a child was compared with by the n
 WOULD_PRUNE_KEY = "gmsearch:would_prune"  # first epoch the niche pruner stopped (shadow: would stop) it
 PRUNE_SHADOW_KEY = "gmsearch:prune_shadow"  # whether that decision was only recorded (shadow mode)
 INHERITED_KEY = "gmsearch:inherited"  # the child's blocks that started from its parent's weights
+REEVALUATES_KEY = "gmsearch:reevaluates"  # the candidate this trial trains again (its genome, a new seed)
 #: The fail reason of a child stopped by Ctrl-C (re-queued with its genome and parent).
 INTERRUPTED = "interrupted"
 CLEAN_ACC = "clean_acc"

@@ -6,6 +6,13 @@ closest to it in spectrum distance (first closest by slot on ties) when its
 fitness is strictly better (for several objectives: when it dominates), and
 takes that slot. Failed and pruned trials never enter. Every process that
 reads the study gets the same population.
+
+A re-evaluation trial (``gmsearch:reevaluates``: it trained a candidate's
+genome again under a new seed) does not compete: its values join the
+evaluations of that candidate, if it still holds a slot, and the candidate's
+fitness becomes their mean (a candidate replaced meanwhile ignores it).
+Children are compared with that mean. :func:`fitness_estimates` gives every
+trial's mean over its evaluations.
 """
 
 from __future__ import annotations
@@ -13,7 +20,7 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import optuna
@@ -32,6 +39,7 @@ from gmsearch.search.schema import (
     GENERATION_KEY,
     GENOME_KEY,
     PARENT_KEY,
+    REEVALUATES_KEY,
     SAMPLER_KEY,
     genome_of,
     is_child,
@@ -54,6 +62,8 @@ class Replay:
 
     slots: list[FrozenTrial]
     replaced: dict[int, int | None]  # child number -> trial number it replaced (None: rejected)
+    #: Each slot's fitness: its trial's values, or their mean with its re-evaluations' (see the module docstring).
+    values: list[tuple[float, ...]] = field(default_factory=list)
 
 
 def _completion_key(t: FrozenTrial) -> tuple[float, int]:
@@ -67,38 +77,60 @@ class _Replayer:
     def __init__(self, population_size: int, directions: Sequence[StudyDirection], scale: Sequence[float] | None):
         self.population_size, self.directions, self.scale = population_size, list(directions), scale
         self.slots: list[FrozenTrial] = []
-        self.values: list[Sequence[float]] = []
+        self.values: list[tuple[float, ...]] = []
+        self.evaluations: list[list[tuple[float, ...]]] = []  # each slot's values, re-evaluations included
         self.genomes: list[Genome] = []
         self.replaced: dict[int, int | None] = {}
 
     def copy(self) -> _Replayer:
         other = _Replayer(self.population_size, self.directions, self.scale)
         other.slots, other.values, other.genomes = list(self.slots), list(self.values), list(self.genomes)
+        other.evaluations = [list(e) for e in self.evaluations]
         other.replaced = dict(self.replaced)
         return other
 
-    def apply(self, trial: FrozenTrial, vals: Sequence[float]) -> None:
+    def _take(self, j: int, trial: FrozenTrial, vals: tuple[float, ...], genome: Genome) -> None:
+        if j == len(self.slots):
+            self.slots.append(trial)
+            self.values.append(vals)
+            self.evaluations.append([vals])
+            self.genomes.append(genome)
+        else:
+            self.slots[j], self.values[j], self.evaluations[j], self.genomes[j] = trial, vals, [vals], genome
+
+    def apply(self, trial: FrozenTrial, values: Sequence[float]) -> None:
         if GENOME_KEY not in trial.system_attrs:
             return
+        vals = tuple(float(v) for v in values)
         if not is_child(trial):
             if len(self.slots) < self.population_size:
-                self.slots.append(trial)
-                self.values.append(vals)
-                self.genomes.append(genome_of(trial))
+                self._take(len(self.slots), trial, vals, genome_of(trial))
             return
         if not self.slots:
+            return
+        target = trial.user_attrs.get(REEVALUATES_KEY)
+        if target is not None:
+            self.replaced[trial.number] = None  # it never takes a slot
+            j = next((i for i, t in enumerate(self.slots) if t.number == target), None)
+            if j is not None:
+                self.evaluations[j].append(vals)
+                self.values[j] = _mean(self.evaluations[j])
             return
         genome = genome_of(trial)
         distances = [spectrum_distance(genome, g, self.scale) for g in self.genomes]
         j = distances.index(min(distances))  # first closest on ties
         if _better(vals, self.values[j], self.directions):
             self.replaced[trial.number] = self.slots[j].number
-            self.slots[j], self.values[j], self.genomes[j] = trial, vals, genome
+            self._take(j, trial, vals, genome)
         else:
             self.replaced[trial.number] = None
 
     def result(self) -> Replay:
-        return Replay(slots=list(self.slots), replaced=dict(self.replaced))
+        return Replay(slots=list(self.slots), replaced=dict(self.replaced), values=list(self.values))
+
+
+def _mean(evaluations: Sequence[tuple[float, ...]]) -> tuple[float, ...]:
+    return tuple(sum(column) / len(column) for column in zip(*evaluations, strict=True))
 
 
 def _events(trials: Sequence[FrozenTrial], skip: set[int] | frozenset[int] = frozenset()) -> list[FrozenTrial]:
@@ -210,6 +242,21 @@ def replay_study(
         return incremental.update(trials, extra=extra)
 
 
+def fitness_estimates(trials: Sequence[FrozenTrial]) -> dict[int, tuple[float, ...]]:
+    """Each completed trial's fitness by trial number: its values, averaged with those of the completed trials
+    that re-evaluate it (``gmsearch:reevaluates``); re-evaluation trials have no entry of their own (they trained
+    another trial's genome). Without re-evaluations: every completed trial's values."""
+    done = [t for t in trials if t.state == TrialState.COMPLETE and t.values]
+    evaluations: dict[int, list[tuple[float, ...]]] = {
+        t.number: [tuple(t.values)] for t in done if t.user_attrs.get(REEVALUATES_KEY) is None
+    }
+    for t in done:
+        target = t.user_attrs.get(REEVALUATES_KEY)
+        if target is not None and target in evaluations:
+            evaluations[target].append(tuple(t.values))
+    return {number: _mean(e) for number, e in evaluations.items()}
+
+
 def replay_of(study: optuna.Study, population_size: int | None = None) -> Replay:
     """The replay of ``study`` with the settings of its sampler (or those stored on the study): the final word
     on which child replaced which candidate, the same in every process."""
@@ -230,8 +277,10 @@ def population(study: optuna.Study, *, population_size: int | None = None) -> li
 def ranked_population(study: optuna.Study) -> list[FrozenTrial]:
     """The current candidates, best first by the study's direction(s) (several objectives: by their sum)."""
     signs = [1.0 if d == StudyDirection.MAXIMIZE else -1.0 for d in study.directions]
-    candidates = [t for t in population(study) if t.values]
-    return sorted(candidates, key=lambda t: -sum(s * v for s, v in zip(signs, t.values, strict=True)))
+    result = replay_of(study)  # its values: re-evaluations averaged in
+    ranked = sorted(zip(result.slots, result.values, strict=True),
+                    key=lambda tv: -sum(s * v for s, v in zip(signs, tv[1], strict=True)))
+    return [t for t, _ in ranked]
 
 
 def lineage(study: optuna.Study) -> list[dict[str, Any]]:
@@ -239,7 +288,8 @@ def lineage(study: optuna.Study) -> list[dict[str, Any]]:
 
     Keys: ``number``, ``state``, ``parent``, ``generation``, ``replaced`` (the
     candidate it replaced, from the replay: the same answer every process
-    gets), ``in_population``, ``values``, ``clean_acc``, ``adv_acc``,
+    gets), ``reevaluates`` (the candidate a re-evaluation trial trained
+    again), ``in_population``, ``values``, ``clean_acc``, ``adv_acc``,
     ``spectrum``, ``architecture``, ``fail_reason``.
     """
     trials = [t for t in study.get_trials(deepcopy=False) if GENOME_KEY in t.system_attrs]
@@ -255,6 +305,7 @@ def lineage(study: optuna.Study) -> list[dict[str, Any]]:
             "parent": t.user_attrs.get(PARENT_KEY),
             "generation": int(t.user_attrs.get(GENERATION_KEY) or 0),
             "replaced": result.replaced.get(t.number),
+            "reevaluates": t.user_attrs.get(REEVALUATES_KEY),
             "in_population": t.number in current,
             "values": t.values,
             "clean_acc": t.user_attrs.get(CLEAN_ACC),

@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
@@ -94,6 +94,11 @@ class EpochSchedule:
 
     def epochs(self, generation: int) -> int:
         return self.base + self.step * (max(generation - 1, 0) // self.every)
+
+
+#: What :meth:`GenomeSampler.propose` returns: (genome, parent trial number or None, generation), optionally with a
+#: dict of more user attrs for the trial as a fourth element.
+Proposal = tuple[Genome, int | None, int] | tuple[Genome, int | None, int, dict[str, Any]]
 
 
 def n_trials_for(generations: int, population_size: int, n_children: int) -> int:
@@ -235,8 +240,9 @@ class GenomeSampler(BaseSampler):
     # --- what a way decides -------------------------------------------------------
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
-    ) -> tuple[Genome, int | None, int]:
-        """The genome of ``trial``, its parent's trial number (None: none) and its generation.
+    ) -> Proposal:
+        """The genome of ``trial``, its parent's trial number (None: none) and its generation, and optionally
+        more user attrs for the trial (a dict; e.g. the niche way's ``gmsearch:reevaluates``).
 
         ``trials`` are the study's trials (``trial`` among them, RUNNING),
         ``census`` how they count for ``trial``, ``rng`` seeded by (seed, trial number).
@@ -389,10 +395,13 @@ class GenomeSampler(BaseSampler):
         if census is None:
             return  # surplus: genome_of prunes it
         rng = random.Random(trial_seed(self._seed, trial.number))
-        genome, parent, generation = self.propose(study, trial, trials, census, rng)
+        proposal = self.propose(study, trial, trials, census, rng)
+        genome, parent, generation = proposal[0], proposal[1], proposal[2]
         # The genome is written last (write_trial's order): other workers read it as "this trial's bookkeeping
         # is complete".
         user: dict[str, Any] = {PARENT_KEY: parent, GENERATION_KEY: generation, ARCH_KEY: genome.summary()}
+        if len(proposal) > 3:
+            user.update(cast("tuple[Genome, int | None, int, dict[str, Any]]", proposal)[3])
         if self.epoch_schedule is not None:
             user[EPOCHS_KEY] = self.epoch_schedule.epochs(generation)
         system: dict[str, Any] = {GENOME_KEY: genome.to_json()}

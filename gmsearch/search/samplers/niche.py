@@ -53,7 +53,8 @@ updated afterwards, so :func:`gmsearch.lineage` is the final word).
 
 Storage keys: system attr ``gmsearch:genome``; user attrs
 ``gmsearch:parent``, ``gmsearch:generation``, ``gmsearch:replaced``,
-``gmsearch:epochs`` (when an epoch schedule is set), ``gmsearch:architecture``;
+``gmsearch:epochs`` (when an epoch schedule is set), ``gmsearch:architecture``,
+``gmsearch:reevaluates`` (with ``reevaluate``: the candidate a trial trains again);
 system attrs ``gmsearch:surplus`` (trials started after the last generation)
 and ``gmsearch:told_fail`` (trials failed by their worker). A running
 objective sees the user attrs through ``trial.user_attrs``.
@@ -68,12 +69,11 @@ from typing import Any
 from optuna.study import Study
 from optuna.trial import FrozenTrial
 
-from gmsearch.nets.genome import Genome
 from gmsearch.search import prior
 from gmsearch.search._optuna_private import storage_of, trial_id_of
 from gmsearch.search.census import Census
-from gmsearch.search.samplers._base import GenomeSampler, registry
-from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REPLACED_KEY, genome_of, is_child
+from gmsearch.search.samplers._base import GenomeSampler, Proposal, registry
+from gmsearch.search.schema import GENOME_KEY, PARENT_KEY, REEVALUATES_KEY, REPLACED_KEY, genome_of, is_child
 from gmsearch.search.selection import replay_study
 
 
@@ -108,6 +108,11 @@ class NicheEvolutionSampler(GenomeSampler):
             Grefenstette 1992; not the paper's: default 0). An immigrant keeps
             its turn's parent as ``gmsearch:parent`` and competes like any child
             (it replaces the candidate closest to it when better).
+        reevaluate: Share of children that instead train their turn's parent again under a new seed, when
+            the parent still holds its slot (not the paper's: default 0). The re-evaluation trial
+            (``gmsearch:reevaluates``) takes no slot; the parent's fitness becomes the mean of its
+            evaluations, so a candidate kept by one lucky evaluation falls back and can be replaced
+            (re-evaluation of elites in noisy evolution; Jin and Branke 2005).
 
     Example:
         >>> sampler = NicheEvolutionSampler(population_size=4, n_children=2, seed=0)
@@ -116,18 +121,22 @@ class NicheEvolutionSampler(GenomeSampler):
 
     name = "niche"
 
-    def __init__(self, *, immigrants: float = 0.0, **kwargs: Any) -> None:
+    def __init__(self, *, immigrants: float = 0.0, reevaluate: float = 0.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        if isinstance(immigrants, bool) or not 0.0 <= immigrants <= 1.0:
-            raise ValueError(f"immigrants must be a share in [0, 1], got {immigrants!r}")
-        self.immigrants = float(immigrants)
+        for name, share in (("immigrants", immigrants), ("reevaluate", reevaluate)):
+            if isinstance(share, bool) or not isinstance(share, int | float) or not 0.0 <= share <= 1.0:
+                raise ValueError(f"{name} must be a share in [0, 1], got {share!r}")
+        if immigrants + reevaluate > 1.0:
+            raise ValueError(f"immigrants + reevaluate must be at most 1, got {immigrants} + {reevaluate}")
+        self.immigrants, self.reevaluate = float(immigrants), float(reevaluate)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), **({"immigrants": self.immigrants} if self.immigrants else {})}
+        options = {"immigrants": self.immigrants, "reevaluate": self.reevaluate}
+        return {**super().config(), **{k: v for k, v in options.items() if v}}  # the paper's: none stored
 
     def propose(
         self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], census: Census, rng: random.Random
-    ) -> tuple[Genome, int | None, int]:
+    ) -> Proposal:
         first = self.initial_candidate(census, rng)
         if first is not None:
             return first
@@ -136,19 +145,25 @@ class NicheEvolutionSampler(GenomeSampler):
         generation = self.child_generation(census)
         turn_start = k - k % self.n_children
         first_of_turn = census.earlier_children[turn_start] if turn_start < k else None
+        replayed: list[FrozenTrial] | None = None
         if first_of_turn is not None and GENOME_KEY in first_of_turn.system_attrs:
             parent = int(first_of_turn.user_attrs[PARENT_KEY])  # the turn's parent, as it was
             parent_trial = next(t for t in trials if t.number == parent)
         else:
             # ``trials`` holds this trial RUNNING: only COMPLETE ones enter the replay
-            slots = replay_study(study, trials, self.population_size, scale=self.spectrum_scale).slots
-            if not slots:  # no candidate finished yet: take the live initial ones (never wait)
-                slots = initial
+            replayed = replay_study(study, trials, self.population_size, scale=self.spectrum_scale).slots
+            slots = replayed or initial  # no candidate finished yet: take the live initial ones (never wait)
             slot = (k // self.n_children) % self.population_size
             parent_trial = slots[slot % len(slots)]
             parent = parent_trial.number
-        if self.immigrants and rng.random() < self.immigrants:
+        draw = rng.random() if self.immigrants or self.reevaluate else 1.0
+        if draw < self.immigrants:
             return prior.random_genome_far_from([], 0.0, rng, budget=self.budget), parent, generation
+        if draw < self.immigrants + self.reevaluate:
+            if replayed is None:
+                replayed = replay_study(study, trials, self.population_size, scale=self.spectrum_scale).slots
+            if any(t.number == parent for t in replayed):  # a candidate replaced meanwhile is not re-evaluated
+                return genome_of(parent_trial), parent, generation, {REEVALUATES_KEY: parent}
         return self.mutate(genome_of(parent_trial), rng), parent, generation
 
     def on_complete(self, study: Study, trial: FrozenTrial, trials: list[FrozenTrial], values: Sequence[float]) -> None:
