@@ -69,6 +69,7 @@ nothing (a mapping has no folder).
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 import types
 import typing
@@ -122,6 +123,7 @@ class TrainingConfig:
 class FitnessConfig:
     name: str = "min_clean_adv"
     params: dict[str, Any] = field(default_factory=dict)
+    last_epochs: int = 1
 
 
 @dataclass
@@ -183,12 +185,22 @@ _SECTION_TYPES: dict[str, type[Any]] = {
 }
 
 
+def section_names() -> tuple[str, ...]:
+    """The config file's sections (``data``, ``reference``, ... ``study``)."""
+    return tuple(_SECTION_TYPES)
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    """``cfg`` as the nested mapping :func:`parse` reads back (a deep copy)."""
+    return dataclasses.asdict(cfg)
+
+
 #: Lower bounds of numeric settings: (section, key, smallest allowed value).
 _AT_LEAST: tuple[tuple[str, str, float], ...] = (
     ("top level", "workers", 1), ("top level", "workers_per_device", 0),
     ("data", "image_size", 4), ("data", "max_train_per_class", 1), ("data", "max_test_per_class", 1),
     ("data", "num_classes", 2),
-    ("reference", "epochs", 1),
+    ("reference", "epochs", 1), ("fitness", "last_epochs", 1),
     ("training", "lam", 0.0), ("training", "batch_size", 2),
     ("search", "population_size", 1), ("search", "n_children", 1), ("search", "min_distance", 0.0),
     ("search", "generations", 1), ("search", "epochs", 1), ("search", "epochs_step", 0),

@@ -204,3 +204,44 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
     assert "random minus way" in out and "vs niche" in out and "vs restarts" in out
     html = gms.report.render_report(optuna.load_study(study_name="cmp-quick-compare", storage=storage))
     assert "random − niche" in html and "niche − random" not in html  # the report pairs the stored base
+
+
+def test_way_specs_set_config_keys_with_dotted_names_and_refuse_shared_ones() -> None:
+    cfg = parse({"study": {"name": "c"}, "training": {"lam": 1.0}})
+    way = 'niche[fitness.last_epochs=3, search.pruner="niche", training.lam=0.5, immigrants=0.25]'
+    assert cmp.parse_ways(f"random,{way}") == ["random", way]
+    variant = cmp.way_config(cfg, way, 2)
+    assert (variant.fitness.last_epochs, variant.search.pruner, variant.training.lam) == (3, "niche", 0.5)
+    assert variant.search.sampler_params == {"immigrants": 0.25} and variant.seed == 2
+    assert variant.study.name == "c-niche-fitness.last_epochs3-immigrants0.25-search.prunerniche-training.lam0.5-s2"
+    assert cfg.fitness.last_epochs == 1 and cfg.training.lam == 1.0  # the config itself is unchanged
+    plain = cmp.way_config(cfg, "niche", 2)
+    assert cmp.objective_key(variant) != cmp.objective_key(plain)  # its own objective: it trains and scores otherwise
+    assert cmp.objective_key(cmp.way_config(cfg, 'niche[search.pruner="niche"]', 2)) == cmp.objective_key(plain)
+    for bad, message in (
+        ("niche[data.val_fraction=0.3]", "\\[data\\] is the same for every way"),
+        ('niche[fitness.name="mean"]', "fitness.name is the same for every way"),
+        ('niche[search.sampler="random"]', "search.sampler is the same for every way"),
+        ("niche[fitness.last_epochs=0]", "\\[fitness\\] last_epochs must be >= 1, got 0"),
+        ("niche[training.nope=1]", "unknown key\\(s\\) \\['nope'\\] in \\[training\\]"),
+    ):
+        with pytest.raises(UsageError, match=f"way {re.escape(repr(bad))}: {message}"):
+            cmp.way_config(cfg, bad, 0)
+
+
+def test_fitness_over_the_last_epochs_is_the_mean_of_their_fitness(tmp_path: Path) -> None:
+    data = gms.datasets.load("digits", seed=0, image_size=8)
+    ref = gms.references.get("hand_a", data, epochs=1, cache_dir=tmp_path / "cache")
+    with pytest.raises(ValueError, match="fitness_epochs must be an integer >= 1, got 0"):
+        gms.GMObjective(data, reference=ref, fitness_epochs=0, cache_dir=tmp_path / "cache", artifact_store=None)
+    objective = gms.GMObjective(data, reference=ref, attack_params={"eps": 0.2, "alpha": 0.05, "steps": 1},
+                                epochs=3, fitness_epochs=2, cache_dir=tmp_path / "cache", artifact_store=None)
+    study = gms.create_study(study_name="last", storage=None, sampler=gms.NicheEvolutionSampler(
+        population_size=1, n_children=1, seed=0, epoch_schedule=None))
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    curve = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]  # each epoch's fitness
+    assert len(curve) == 3 and trial.user_attrs["epochs"] == 3
+    assert trial.value == pytest.approx((curve[1] + curve[2]) / 2)
+    assert min(trial.user_attrs["clean_acc"], trial.user_attrs["adv_acc"]) == pytest.approx(curve[-1])  # the net's
+    assert "over the last 2 epochs" in objective.describe()

@@ -74,6 +74,11 @@ logger = logging.getLogger(__name__)
 
 #: The ways compared by default.
 DEFAULT_WAYS = ("niche", "random", "regularized", "restarts")
+#: The config sections a way spec may set with dotted keys (``niche[fitness.last_epochs=3]``): how the way trains,
+#: scores and searches. The data, reference and attack are shared by every way of a seed.
+WAY_SECTIONS = ("fitness", "search", "training")
+#: Settings no way spec may change: how every way is scored on test, and the way's own name and params.
+_SHARED_KEYS = {"fitness": ("name", "params"), "search": ("sampler", "sampler_params")}
 
 
 # --- budget and curves ----------------------------------------------------------------------------------------
@@ -167,8 +172,9 @@ def parse_ways(text: str) -> list[str]:
 
 
 def split_way(way: str) -> tuple[str, dict[str, Any]]:
-    """A way spec's sampler name and sampler params: ``niche[immigrants=0.5, mutations_per_child=[2, 3]]`` ->
-    ``("niche", {"immigrants": 0.5, "mutations_per_child": [2, 3]})`` (values in TOML syntax)."""
+    """A way spec's sampler name and params: ``niche[immigrants=0.5, mutations_per_child=[2, 3]]`` ->
+    ``("niche", {"immigrants": 0.5, "mutations_per_child": [2, 3]})`` (values in TOML syntax); a dotted key sets
+    a config setting (``fitness.last_epochs=3`` -> ``{"fitness": {"last_epochs": 3}}``, see :func:`way_config`)."""
     name, bracket, rest = way.partition("[")
     if not bracket:
         return way.strip(), {}
@@ -183,18 +189,52 @@ def split_way(way: str) -> tuple[str, dict[str, Any]]:
     return name.strip(), params
 
 
+def _flat(params: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``{"fitness": {"last_epochs": 3}, "immigrants": 0.5}`` -> ``[("fitness.last_epochs", 3), ("immigrants", 0.5)]``
+    (config sections flattened to dotted keys; other values as they are)."""
+    out: list[tuple[str, Any]] = []
+    for key, value in params.items():
+        if not prefix and key in config_module.section_names() and isinstance(value, dict):
+            out += _flat(value, f"{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
 def way_label(way: str) -> str:
-    """The way's part of its study names: ``niche[immigrants=0.5]`` -> ``niche-immigrants0.5``."""
+    """The way's part of its study names: ``niche[immigrants=0.5]`` -> ``niche-immigrants0.5``,
+    ``niche[fitness.last_epochs=3]`` -> ``niche-fitness.last_epochs3``."""
     name, params = split_way(way)
-    suffix = "".join(f"-{k}{str(v).replace(' ', '')}" for k, v in sorted(params.items()))
+    suffix = "".join(f"-{k}{str(v).replace(' ', '')}" for k, v in sorted(_flat(params)))
     return f"{name}{suffix}"
 
 
 def way_config(cfg: RunConfig, way: str, seed: int) -> RunConfig:
     """``cfg`` for one way and seed: its study ``<study>-<way label>-s<seed>``, its sampler (with the spec's
-    params over the configured ones of the same sampler) and seed."""
+    params over the configured ones of the same sampler), its seed, and the config settings the spec names with
+    dotted keys (``training.lam=0.5``, ``fitness.last_epochs=3``, ``search.pruner="niche"``: sections
+    :data:`WAY_SECTIONS`, validated as in a config file; a :class:`UsageError` naming the way otherwise)."""
     name, params = split_way(way)
+    sections = {k: v for k, v in params.items() if k in config_module.section_names() and isinstance(v, dict)}
+    params = {k: v for k, v in params.items() if k not in sections}
     out = copy.deepcopy(cfg)
+    if sections:
+        for section, values in sections.items():
+            shared = [k for k in values if k in _SHARED_KEYS.get(section, ())]
+            if section not in WAY_SECTIONS or shared:
+                what = f"{section}.{shared[0]}" if shared else f"[{section}]"
+                raise UsageError(
+                    f"way {way!r}: {what} is the same for every way; a way may set the keys of "
+                    f"{', '.join(f'[{s}]' for s in WAY_SECTIONS)} (but fitness.name/params and search.sampler/"
+                    "sampler_params), e.g. niche[fitness.last_epochs=3]"
+                )
+        merged = config_module.to_dict(out)
+        for section, values in sections.items():
+            merged[section] = {**merged[section], **values}
+        try:
+            out = config_module.parse(merged)
+        except config_module.ConfigError as exc:
+            raise UsageError(f"way {way!r}: {exc}") from None
     out.seed = seed
     if name != cfg.search.sampler:
         out.search.sampler_params = {}  # the configured params belong to the configured way
@@ -202,6 +242,12 @@ def way_config(cfg: RunConfig, way: str, seed: int) -> RunConfig:
     out.search.sampler = name
     out.study.name = f"{cfg.study.name}-{way_label(way)}-s{seed}"
     return out
+
+
+def objective_key(cfg: RunConfig) -> str:
+    """What makes one way's objective differ from another's of the same seed (its training and scoring)."""
+    s = cfg.search
+    return repr((cfg.training, cfg.fitness, s.epochs, s.inherit, s.inherit_epochs))
 
 
 def derived_seed(seed: int, way: str, repeat: int) -> int:
@@ -379,7 +425,9 @@ def compare(
     Args:
         config: A :class:`~gmsearch.config.RunConfig` or the path of its TOML file.
         ways: Sampler names (``gmsearch plugins`` lists them), each with optional sampler params in brackets
-            (``niche[immigrants=0.5]``: a variant, its own studies); niche is compared with each other way.
+            (``niche[immigrants=0.5]``: a variant, its own studies) and settings of :data:`WAY_SECTIONS` as
+            dotted keys (``niche[fitness.last_epochs=3]``, ``niche[search.pruner="niche"]``); niche is compared
+            with each other way.
         seeds: One data split, reference and adversarial sets per seed; the ways are paired by seed.
         repeats: Fresh initialisations each winner (and HE+GM) is retrained with.
         budget: Child-epochs each way spends (default: the niche search's planned child-epochs).
@@ -426,9 +474,13 @@ def compare(
         data = pipeline.load_data(scfg, device=device)
         reference = pipeline.make_reference(scfg, data, device=device)
         objective = pipeline.make_objective(scfg, data, reference, device=device)
+        objectives = {objective_key(scfg): objective}  # a way that trains or scores otherwise gets its own
         for way in ways:
-            run = run_way(cfg, objective, data, way=way, seed=seed, budget=budget, repeats=repeats,
-                          retrain_epochs=retrain_epochs)
+            wcfg = way_config(cfg, way, seed)
+            if objective_key(wcfg) not in objectives:
+                objectives[objective_key(wcfg)] = pipeline.make_objective(wcfg, data, reference, device=device)
+            run = run_way(cfg, objectives[objective_key(wcfg)], data, way=way, seed=seed, budget=budget,
+                          repeats=repeats, retrain_epochs=retrain_epochs)
             runs[way][str(seed)] = run
             if echo is not None:
                 t = run["test"]

@@ -103,6 +103,15 @@ def check_value(name: str, value: Any, n: int) -> float | tuple[float, ...]:
     )
 
 
+def mean_of(values: list[Any]) -> Any:
+    """The mean of fitness values (floats, or tuples of floats elementwise); one value as it is."""
+    if len(values) == 1:
+        return values[0]
+    if isinstance(values[0], tuple):
+        return tuple(sum(column) / len(column) for column in zip(*values, strict=True))
+    return sum(values) / len(values)
+
+
 def create(name: str, **params: Any) -> FitnessFn:
     """The fitness ``name`` with its extra parameters bound (e.g. ``weight=0.7``), checked.
 

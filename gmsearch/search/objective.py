@@ -75,6 +75,10 @@ class GMObjective:
         lam: Weight of the GM loss (eq. 2).
         fitness: Fitness plugin name (``min_clean_adv`` = eq. 4).
         fitness_params: Extra parameters of the fitness plugin.
+        fitness_epochs: The trial's value is the mean of the fitness over its last ``fitness_epochs``
+            epochs (each measured on the validation sets after its epoch); 1, the default, is the paper's:
+            the trained network's. More smooths the epoch-to-epoch noise of a small validation split
+            (``[fitness] last_epochs``; not the paper's). A trial with fewer epochs averages all of them.
         loss: GM variant (``cosine`` = eq. 1).
         epochs: Training epochs when the sampler sets no schedule.
         batch_size: Training batch size (paper: 128).
@@ -109,6 +113,7 @@ class GMObjective:
         lam: float = 1.0,
         fitness: str = "min_clean_adv",
         fitness_params: dict[str, Any] | None = None,
+        fitness_epochs: int = 1,
         loss: str = "cosine",
         epochs: int = 20,
         batch_size: int = 128,
@@ -131,6 +136,9 @@ class GMObjective:
         self.fitness_name = fitness
         self.fitness = fitness_plugins.create(fitness, **(fitness_params or {}))
         self.n_objectives = fitness_plugins.n_objectives(self.fitness)
+        if isinstance(fitness_epochs, bool) or not isinstance(fitness_epochs, int) or fitness_epochs < 1:
+            raise ValueError(f"fitness_epochs must be an integer >= 1, got {fitness_epochs!r}")
+        self.fitness_epochs = fitness_epochs
         self.lam = lam
         self.loss = loss
         self.epochs = epochs
@@ -174,7 +182,9 @@ class GMObjective:
 
     def describe(self) -> str:
         refs = f", references={len(self.gm_references)}" if len(self.gm_references) > 1 else ""
-        return f"lam={self.lam}, loss={self.loss}{refs}, fitness={self.fitness_name}, attack={self.attack.describe()}"
+        last = f" over the last {self.fitness_epochs} epochs" if self.fitness_epochs > 1 else ""
+        return (f"lam={self.lam}, loss={self.loss}{refs}, fitness={self.fitness_name}{last}, "
+                f"attack={self.attack.describe()}")
 
     def build(self, genome: Genome) -> nn.Module:
         channels, h, w = self.data.input_shape
@@ -212,14 +222,16 @@ class GMObjective:
                 adversarial_val=self.adversarial_val, fitness=self.fitness, cuda_graph=self.cuda_graph,
                 gm_batchnorm=self.gm_batchnorm,
             ).history
-            if history:  # the last epoch measured the trained network (in eval mode) on both sets
-                clean, adv = history[-1]["val_acc"], history[-1]["val_adv_acc"]
+            if history:  # each epoch measured the network (in eval mode) on both sets; the last: the trained one
+                measured = [(h["val_acc"], h["val_adv_acc"]) for h in history[-self.fitness_epochs:]]
             else:
-                clean = accuracy(net, self.data.val.x, self.data.val.y)
-                adv = accuracy(net, self.adversarial_val.x, self.adversarial_val.y)
+                measured = [(accuracy(net, self.data.val.x, self.data.val.y),
+                             accuracy(net, self.adversarial_val.x, self.adversarial_val.y))]
+            clean, adv = measured[-1]
             results.update(clean_acc=clean, adv_acc=adv, epochs=epochs,
                            train_seconds=round(time.perf_counter() - start, 3))
-            value = self.fitness(clean, adv)  # checked: a bad value fails the trial before its weights are written
+            # checked: a bad value fails the trial before its weights are written
+            value = fitness_plugins.mean_of([self.fitness(c, a) for c, a in measured])
             if store is not None:
                 weights = self._write_weights(trial, net, genome)
                 if weights is not None:
