@@ -6,7 +6,8 @@ configured storage) until it has spent the budget: the child-epochs of its
 finished trials (a completed trial counts the epochs it trained, a pruned one
 the epochs it reported) reach the niche search's planned child-epochs (or the
 given budget). Its best candidate by validation fitness (the completed trial
-with the highest value) is then retrained from scratch ``repeats`` times under
+with the highest value, averaged over its re-evaluations where the way made
+any) is then retrained from scratch ``repeats`` times under
 fresh seeds for the same epochs and scored on the test split, so no selection
 luck of one training run carries into the result. Ref (white-box) and HE+GM
 (``hand_b`` trained with GM ``repeats`` times for the last generation's epochs)
