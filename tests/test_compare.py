@@ -186,6 +186,12 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
     assert "niche − random" in html
     niche = optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage)
     n_trials = len(niche.trials)
+    children = [t for t in niche.trials if t.state.is_finished() and t.user_attrs.get(schema.PARENT_KEY) is not None]
+    replayed = result["runs"]["niche"]["1"]["prune_replay"]  # NichePruner's rule on the curves: 1-epoch children
+    assert children and replayed == {"children": len(children), "child_epochs": len(children), "stopped": 0,
+                                     "saved": 0, "replacements": sum(t.user_attrs[schema.REPLACED_KEY] is not None
+                                                                     for t in children), "missed": 0}
+    assert result["runs"]["random"]["1"]["prune_replay"] is None  # no niche population, no rival
 
     def no_training(*args: object, **kwargs: object) -> None:
         raise AssertionError("a rerun retrained a network")
@@ -195,6 +201,8 @@ def test_quick_compare_spends_equal_budgets_stores_the_result_and_reuses_it(
                      "--budget", "5", "--quick"]) == 0
     out = capsys.readouterr().out
     assert "vs random" in out and "vs restarts" in out and "HE+GM" in out and "study cmp-quick-compare" in out
+    assert "NichePruner's rule (its defaults) replayed" in out
+    assert re.search(f"niche +would stop 0/{2 * len(children)} children", out)  # 2 seeds of 1-epoch children
     again = optuna.load_study(study_name="cmp-quick-compare", storage=storage).user_attrs[schema.COMPARE_KEY]
     assert again["runs"] == result["runs"]  # every way/seed reused: same winners, same timings
     assert len(optuna.load_study(study_name="cmp-quick-niche-s1", storage=storage).trials) == n_trials

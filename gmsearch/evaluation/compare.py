@@ -66,6 +66,7 @@ from gmsearch.nets.genome import Genome
 from gmsearch.search import samplers, schema
 from gmsearch.search.baselines import _row, train_with_gm
 from gmsearch.search.objective import GMObjective
+from gmsearch.search.pruners import NichePruner, learning_curves, would_prune_at
 from gmsearch.search.samplers import EpochSchedule, n_trials_for
 from gmsearch.search.samplers._base import niche_generation
 from gmsearch.search.selection import fitness_estimates
@@ -308,6 +309,35 @@ def replacement_margins(study: optuna.Study) -> list[float]:
     return margins
 
 
+def prune_replay(study: optuna.Study) -> dict[str, int]:
+    """:class:`~gmsearch.NichePruner`'s rule at its defaults replayed on a niche search's learning curves (each
+    child against its rival, as :func:`~gmsearch.search.pruners.learning_curves` finds it): of its ``children``
+    (re-evaluations not counted) and their ``child_epochs``, how many it would have ``stopped``, the epochs that
+    would have ``saved``, and how many of the ``replacements`` it would have ``missed`` (stopped children that
+    replaced their rival)."""
+    rule = NichePruner()
+    again = {t.number for t in study.get_trials(deepcopy=False) if t.user_attrs.get(schema.REEVALUATES_KEY) is not None}
+    out = dict.fromkeys(("children", "child_epochs", "stopped", "saved", "replacements", "missed"), 0)
+    for row in learning_curves(study):
+        if row["number"] in again:
+            continue
+        epochs = len(row["curve"])
+        stop = would_prune_at(row, warmup=rule.warmup, margin=rule.margin,
+                              maximize=study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
+        out["children"] += 1
+        out["child_epochs"] += epochs
+        out["replacements"] += bool(row["replaced"])
+        if stop is not None:
+            out["stopped"] += 1
+            out["saved"] += max(epochs - stop, 0)
+            out["missed"] += bool(row["replaced"])
+    return out
+
+
+def _prune_replay_of(way: str, study: optuna.Study) -> dict[str, int] | None:
+    return prune_replay(study) if split_way(way)[0] == "niche" else None  # the pruner's rival: Algorithm 1's
+
+
 def winner(study: optuna.Study) -> tuple[FrozenTrial, float]:
     """The completed trial with the highest validation fitness (first value for two objectives), and that
     fitness: its mean over its evaluations where a way re-evaluated it (:func:`fitness_estimates`)."""
@@ -372,7 +402,8 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
     stored = study.user_attrs.get(schema.COMPARE_RUN_KEY)
     if isinstance(stored, dict) and stored.get("budget") == budget and stored.get("winner") == best.number \
             and stored.get("repeats") == repeats and stored.get("retrain_epochs") == epochs and "lucky_gap" in stored:
-        return {**stored, "margins": replacement_margins(study)}  # margins: read from the trials, never stale
+        # read from the trials, never stale
+        return {**stored, "margins": replacement_margins(study), "prune_replay": _prune_replay_of(way, study)}
     start = time.perf_counter()
     runs = retrain(objective, schema.genome_of(best), epochs=epochs, seed=seed, way=way, repeats=repeats)
     finished = _finished(study)
@@ -390,7 +421,7 @@ def run_way(cfg: RunConfig, objective: GMObjective, data: Any, *, way: str, seed
         # (retrained for as long as it trained in the search; with retrain_epochs another length is measured)
         "val_retrained": val_retrained, "lucky_gap": best_fitness - val_retrained,
         "val_noise_sd": statistics.stdev([r["val_fitness"] for r in runs]) if repeats > 1 else None,
-        "margins": replacement_margins(study),
+        "margins": replacement_margins(study), "prune_replay": _prune_replay_of(way, study),
     }
     study.set_user_attr(schema.COMPARE_RUN_KEY, result)
     return result

@@ -104,6 +104,9 @@ def summarize(ways: Sequence[str], seeds: Sequence[int], runs: dict[str, dict[st
         if any(r.get("margins") for r in rs):  # a way that replaces candidates (niche and its variants)
             summary[way]["margins"] = margins_summary([r.get("margins") or [] for r in rs],
                                                       summary[way]["val_noise_sd"])
+        replays = [r["prune_replay"] for r in rs if r.get("prune_replay")]
+        if replays:  # a niche way: what NichePruner would have done to it, seeds pooled
+            summary[way]["prune_replay"] = {k: sum(r[k] for r in replays) for k in replays[0]}
     for name in FIXED_ROWS:
         summary[name] = {m: list(mean_sd([fixed[k][name][m] for k in keys])) for m in METRICS}
     stats = {}
@@ -157,6 +160,14 @@ def compare_lines(result: dict[str, Any]) -> list[str]:
             mg = result["summary"][way]["margins"]
             under = "" if mg["under_noise"] is None else f"; {mg['under_noise']:.0%} smaller than the noise sd"
             lines.append(f"  {way:<{w}} {mg['per_seed']:.1f} replacements per seed, median {mg['median']:.4f}{under}")
+    replayed = [way for way in result["ways"] if result["summary"][way].get("prune_replay", {}).get("children")]
+    if replayed:
+        lines.append("NichePruner's rule (its defaults) replayed on each niche way's learning curves, seeds pooled:")
+        for way in replayed:
+            pr = result["summary"][way]["prune_replay"]
+            lines.append(f"  {way:<{w}} would stop {pr['stopped']}/{pr['children']} children, saving "
+                         f"{pr['saved'] / max(pr['child_epochs'], 1):.0%} of their child-epochs, and miss "
+                         f"{pr['missed']}/{pr['replacements']} replacements")
     if result["stats"]:
         lines.append(f"{base} minus way, paired over seeds: mean difference (>= its one-sided 95% lower bound, "
                      f"paired t; seeds where {base} is ahead):")
