@@ -279,8 +279,9 @@ def make_parser() -> argparse.ArgumentParser:
     cmp = sub.add_parser("compare", help="compare ways of spending the budget (samplers) at equal child-epochs")
     cmp.add_argument("config", help="TOML config file (its [study] name prefixes every study of the comparison)")
     cmp.add_argument("--ways", default="niche,random,regularized,restarts",
-                     help="comma-separated sampler names, each with optional params: niche[immigrants=0.5] "
-                          "(default niche,random,regularized,restarts)")
+                     help="comma-separated sampler names, each with optional sampler params and dotted "
+                          "[fitness]/[search]/[training] keys: niche[reevaluate=0.25], "
+                          "niche[fitness.last_epochs=2] (default niche,random,regularized,restarts)")
     cmp.add_argument("--seeds", default="0-4", help="a range (0-4) or a list (0,1,2) of seeds (default 0-4)")
     cmp.add_argument("--base", default="niche", metavar="WAY",
                      help="the way compared with each other way, one of --ways (default niche)")
