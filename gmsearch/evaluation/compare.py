@@ -145,7 +145,8 @@ def parse_seeds(text: str) -> list[int]:
 
 def quick_config(cfg: RunConfig) -> RunConfig:
     """A smoke-run version of ``cfg`` (``--quick``): 8x8 images, 8 train and 5 test images per class, a 2 x 1
-    population for 1 generation of 1 epoch, a 2-epoch reference, 3 attack steps; its studies are named
+    population for 1 generation of 1 epoch, genomes of at most 4 blocks and 50k parameters, a 2-epoch reference,
+    3 attack steps; its studies are named
     ``<study>-quick-...``, apart from a full comparison's."""
     cfg = copy.deepcopy(cfg)
     cfg.study.name = f"{cfg.study.name}-quick"
@@ -153,7 +154,8 @@ def quick_config(cfg: RunConfig) -> RunConfig:
     cfg.reference.epochs = 2
     s = cfg.search
     s.population_size, s.n_children, s.generations, s.epochs, s.min_distance = 2, 1, 1, 1, 1.0
-    s.max_blocks = min(s.max_blocks, 8)
+    s.max_blocks = min(s.max_blocks, 4)  # small genomes (restarts trains its genome as given: hand_a is larger)
+    s.max_params = min(s.max_params or 50_000, 50_000)
     cfg.attack.params = {**cfg.attack.params, "steps": 3}
     cfg.training.batch_size = 32
     return cfg
