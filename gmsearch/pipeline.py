@@ -344,13 +344,28 @@ def make_objective(
     )
 
 
+#: The sampler arguments :func:`make_sampler` takes from other settings (not from ``sampler_params``).
+_SET_BY_SEARCH = {
+    "population_size": "[search] population_size", "n_children": "[search] n_children",
+    "min_distance": "[search] min_distance", "mutations_per_child": "[search] mutations_per_child",
+    "generations": "[search] generations", "epoch_schedule": "[search] epochs", "mutation_names": "[search] mutations",
+    "seed": "the top-level seed", "budget": "[search] max_blocks",
+}
+
+
 def sampler_params(cfg: RunConfig) -> dict[str, Any]:
     """``[search] sampler_params``, and for ``restarts`` the reference's architecture as the default genome.
 
     Raises:
-        UsageError: ``restarts`` without a genome and with a reference that is not a zoo genome.
+        UsageError: ``restarts`` without a genome and with a reference that is not a zoo genome; a param that
+            another setting gives the sampler (``population_size``: ``[search] population_size``).
     """
     params = dict(cfg.search.sampler_params)
+    clash = sorted(set(params) & set(_SET_BY_SEARCH))
+    if clash:
+        where = _SET_BY_SEARCH[clash[0]]
+        hint = f" (in a compare way spec: search.{where.split()[-1]}=...)" if where.startswith("[search]") else ""
+        raise UsageError(f"[search] sampler_params: {clash[0]} is set by {where}; set it there{hint}")
     if cfg.search.sampler == "restarts" and "genome" not in params:
         if cfg.reference.name not in zoo.names():
             raise UsageError(
