@@ -147,6 +147,8 @@ def test_a_trial_stores_its_learning_curve_with_its_results(
         real(storage, trial_id, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr("gmsearch.search.objective.write_trial", counted)
+    # no timed flush of the curve mid-trial (a loaded machine's slow epochs would trigger one): only the final write
+    monkeypatch.setattr(writes.EpochReports.__init__, "__kwdefaults__", {"flush_seconds": float("inf")})
     study = gms.create_study(study_name="curve", storage=f"sqlite:///{tmp_path / 'curve.db'}",
                              sampler=gms.NicheEvolutionSampler(population_size=2, seed=3, epoch_schedule=None))
     study.optimize(objective, n_trials=1)
