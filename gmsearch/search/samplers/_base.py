@@ -31,7 +31,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
 import optuna
 from optuna.distributions import BaseDistribution, IntDistribution
@@ -395,13 +395,12 @@ class GenomeSampler(BaseSampler):
         if census is None:
             return  # surplus: genome_of prunes it
         rng = random.Random(trial_seed(self._seed, trial.number))
-        proposal = self.propose(study, trial, trials, census, rng)
-        genome, parent, generation = proposal[0], proposal[1], proposal[2]
+        genome, parent, generation, *extra = self.propose(study, trial, trials, census, rng)
         # The genome is written last (write_trial's order): other workers read it as "this trial's bookkeeping
         # is complete".
         user: dict[str, Any] = {PARENT_KEY: parent, GENERATION_KEY: generation, ARCH_KEY: genome.summary()}
-        if len(proposal) > 3:
-            user.update(cast("tuple[Genome, int | None, int, dict[str, Any]]", proposal)[3])
+        for attrs in extra:  # a way's own user attrs (e.g. the niche way's gmsearch:reevaluates)
+            user.update(attrs)
         if self.epoch_schedule is not None:
             user[EPOCHS_KEY] = self.epoch_schedule.epochs(generation)
         system: dict[str, Any] = {GENOME_KEY: genome.to_json()}
